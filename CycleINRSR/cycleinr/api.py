@@ -1,0 +1,151 @@
+"""``super_resolve``: the one call every front end (CLI, Slicer, scripts) makes.
+
+Dataflow: check -> plan output grid -> load model -> (per tile) normalise -> encode -> sample /
+decode -> blend -> denormalise -> output array. No hidden state between calls.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .devices import resolve_device
+from .errors import InputError, ResourceError
+from .geometry import OutputGrid, axis_from_letter, plan_output
+from .inference import default_memory_budget, plan_tiles, upsample_slices
+from .normalise import intensity_map
+from .volumes import check_array, check_image
+from .weights import LoadedModel, default_model_path, load_model
+
+
+class ScaleWarning(UserWarning):
+    """The asked scale lies outside the range the model was trained on."""
+
+
+@dataclass
+class SuperResolved:
+    """The output array (same axis order and dtype as the input) and how it was made."""
+
+    array: np.ndarray
+    spacing: tuple[float, ...]
+    slice_axis: int
+    scale: float
+    model_name: str
+    device: str
+    warnings: list[str] = field(default_factory=list)
+
+
+def pick_model(model: str | os.PathLike | LoadedModel | None, device: torch.device) -> LoadedModel:
+    """A loaded model as given, a file, or the bundled default (the CPU-sized one on a CPU)."""
+    if isinstance(model, LoadedModel):
+        model.network.to(device)
+        return model
+    if model is None:
+        path = None
+        if device.type == "cpu" and not os.environ.get("CYCLEINR_MODEL"):
+            try:
+                path = default_model_path("ct-cpu")
+            except Exception:
+                path = None
+        return load_model(path if path is not None else default_model_path("ct"), device)
+    return load_model(Path(model), device)
+
+
+def _available_host_bytes() -> int:
+    import psutil
+    return int(psutil.virtual_memory().available)
+
+
+def check_memory(grid: OutputGrid, dtype: np.dtype, device: torch.device, budget: int) -> None:
+    """Fail before work if the output array and the tile working set cannot fit in memory."""
+    output_bytes = grid.voxels * np.dtype(dtype).itemsize
+    host_working = budget if device.type == "cpu" else 256 << 20
+    needed = output_bytes + host_working
+    available = _available_host_bytes()
+    if needed > available:
+        raise ResourceError(f"the output ({grid.shape}, {output_bytes / 2**30:.1f} GiB) plus working "
+                            f"memory needs {needed / 2**30:.1f} GiB, only {available / 2**30:.1f} GiB "
+                            "is available: use a smaller scale or a crop")
+
+
+def super_resolve(volume: np.ndarray, spacing: Sequence[float], scale: float | None = None,
+                  target_spacing: float | None = None, slice_axis: int | None = None,
+                  model: str | os.PathLike | LoadedModel | None = None, device: str = "auto",
+                  tile_size: Sequence[int] | None = None, halo: int | None = None,
+                  memory_budget: int | None = None, progress=None, cancel=None,
+                  out: np.ndarray | None = None) -> SuperResolved:
+    """Upsample ``volume`` along one axis by ``scale`` (or to ``target_spacing`` mm).
+
+    ``spacing`` lists the voxel size along each *array* axis (for a SimpleITK array [k, j, i]
+    that is the image spacing reversed). The slice axis is the coarsest unless named. Output
+    slice j lies at input index j / scale; the first slice centre is kept and nothing is
+    extrapolated past the last. ``progress(fraction)`` is called as work proceeds; ``cancel`` (a
+    callable or a threading.Event) stops the work within one tile chunk, raising ``Cancelled``.
+    """
+    check_array(volume)
+    grid = plan_output(volume.shape, spacing, scale, target_spacing, slice_axis)
+    torch_device = resolve_device(device)
+    budget = int(memory_budget) if memory_budget else default_memory_budget(torch_device)
+    check_memory(grid, volume.dtype, torch_device, budget)
+    loaded = pick_model(model, torch_device)
+    notes = []
+    low, high = loaded.info.trained_scales
+    if not (low - 1e-6 <= grid.scale <= high + 1e-6):
+        message = (f"scale {grid.scale:g} is outside the range the model was trained on "
+                   f"({low:g}-{high:g}); results may be less reliable")
+        warnings.warn(message, ScaleWarning, stacklevel=2)
+        notes.append(message)
+    if out is None:
+        out = np.empty(grid.shape, dtype=volume.dtype)
+    elif out.shape != grid.shape or out.dtype != volume.dtype:
+        raise InputError(f"out must have shape {grid.shape} and dtype {volume.dtype}")
+    source = np.moveaxis(volume, grid.slice_axis, 0)
+    target = np.moveaxis(out, grid.slice_axis, 0)
+    plan = plan_tiles(loaded.network, source.shape, budget,
+                      core=_tile_in_slice_order(tile_size, grid.slice_axis), halo=halo)
+    upsample_slices(loaded.network, source, target, grid.scale,
+                    intensity_map(source, loaded.info.normalisation), torch_device, plan,
+                    progress=progress, cancel=cancel)
+    return SuperResolved(out, grid.spacing, grid.slice_axis, grid.scale, loaded.name,
+                         str(torch_device), notes)
+
+
+def _tile_in_slice_order(tile_size, slice_axis: int):
+    """Tile size is given per array axis; the engine wants it slice axis first."""
+    if tile_size is None:
+        return None
+    sizes = [int(size) for size in tile_size]
+    if len(sizes) == 1:
+        sizes = sizes * 3
+    if len(sizes) != 3:
+        raise InputError(f"tile size needs 1 or 3 values, got {len(sizes)}")
+    return tuple([sizes[slice_axis]] + [s for axis, s in enumerate(sizes) if axis != slice_axis])
+
+
+def slice_axis_of_image(slice_axis: int | str | None) -> int | None:
+    """An ITK letter (I, J, K) or an array axis number -> array axis."""
+    if slice_axis is None or isinstance(slice_axis, int):
+        return slice_axis
+    return axis_from_letter(str(slice_axis))
+
+
+def super_resolve_image(image, scale: float | None = None, target_spacing: float | None = None,
+                        slice_axis: int | str | None = None, **options):
+    """The same for a SimpleITK image: origin and direction kept, spacing divided along the axis."""
+    import SimpleITK as sitk
+
+    check_image(image)
+    volume = sitk.GetArrayViewFromImage(image)
+    spacing = tuple(reversed(image.GetSpacing()))
+    result = super_resolve(volume, spacing, scale=scale, target_spacing=target_spacing,
+                           slice_axis=slice_axis_of_image(slice_axis), **options)
+    output = sitk.GetImageFromArray(result.array)
+    output.SetSpacing(tuple(reversed(result.spacing)))
+    output.SetOrigin(image.GetOrigin())
+    output.SetDirection(image.GetDirection())
+    return output, result

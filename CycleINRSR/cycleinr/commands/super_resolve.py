@@ -1,0 +1,94 @@
+"""cycleinr super-resolve INPUT OUTPUT (--scale R | --spacing MM) ...
+
+INPUT may be a folder (of volume files or DICOM series folders): OUTPUT is then a folder, and
+under ``torchrun`` the files are shared out across the ranks, one GPU each.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from pathlib import Path
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("input", help="volume file (.nii/.nii.gz/.nrrd/.mha/.mhd), DICOM series folder, "
+                                      "or a folder of these (batch)")
+    parser.add_argument("output", help="output file (.nii/.nii.gz/.nrrd/.mha), or a folder in batch mode")
+    amount = parser.add_mutually_exclusive_group(required=True)
+    amount.add_argument("--scale", type=float, help="upsampling factor r > 1 (e.g. 5, 2.5)")
+    amount.add_argument("--spacing", type=float, help="target slice spacing in mm")
+    parser.add_argument("--axis", choices=["I", "J", "K", "i", "j", "k"],
+                        help="slice axis as an image index letter (default: the coarsest spacing)")
+    parser.add_argument("--model", help="weights file (.safetensors); default: the bundled model "
+                                        "(its CPU-sized variant on a CPU)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument("--tile-size", type=int, nargs="+", metavar="N",
+                        help="tile core size in voxels (1 or 3 values, array order k j i)")
+    parser.add_argument("--halo", type=int, help="context voxels around each tile "
+                                                 "(default: the model's receptive radius: exact)")
+    parser.add_argument("--format", default=".nii.gz", choices=[".nii.gz", ".nii", ".nrrd", ".mha"],
+                        help="output format in batch mode")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(run=run)
+
+
+def _rank_world() -> tuple[int, int]:
+    """Rank and world size under torchrun (environment variables only: no process group needed)."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _device_for_rank(device: str) -> str:
+    if device in ("auto", "cuda") and "LOCAL_RANK" in os.environ:
+        import torch
+        if torch.cuda.is_available():
+            return f"cuda:{int(os.environ['LOCAL_RANK']) % torch.cuda.device_count()}"
+    return device
+
+
+def run(args) -> int:
+    from ..jobs import check_batch_output, list_inputs, output_name, super_resolve_file
+    from ..progress import progress_bar
+
+    source, target = Path(args.input), Path(args.output)
+    options = dict(scale=args.scale, target_spacing=args.spacing, slice_axis=args.axis,
+                   model=args.model, device=_device_for_rank(args.device), overwrite=args.overwrite,
+                   tile_size=args.tile_size, halo=args.halo)
+    show = not args.no_progress and sys.stderr.isatty()
+    if not source.is_dir() or _is_dicom_folder(source):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with progress_bar(source.name, enabled=show) as bar:
+                result = super_resolve_file(source, target, progress=bar, **options)
+        for warning in caught:
+            print(f"warning: {warning.message}", file=sys.stderr)
+        print(f"{target}: scale {result.scale:g} along axis {'KJI'[result.slice_axis]}, "
+              f"model {result.model_name} on {result.device}")
+        return 0
+    rank, world = _rank_world()
+    check_batch_output(target, args.overwrite)
+    items = list_inputs(source)[rank::world]
+    target.mkdir(parents=True, exist_ok=True)
+    failures = 0
+    for item in items:
+        destination = target / output_name(item, args.format)
+        try:
+            with progress_bar(item.name, enabled=show) as bar:
+                super_resolve_file(item, destination, progress=bar, **options)
+            print(f"{destination}: done")
+        except Exception as error:  # one bad file must not stop an archive run
+            failures += 1
+            print(f"cycleinr: {item.name}: {error}", file=sys.stderr)
+    if failures:
+        print(f"cycleinr: error: {failures} of {len(items)} volumes failed (rank {rank})", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _is_dicom_folder(folder: Path) -> bool:
+    """A folder of DICOM slices is one input; a folder of volumes or series folders is a batch."""
+    from ..volumes import is_volume_file
+    files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
+    subfolders = [p for p in folder.iterdir() if p.is_dir()]
+    return bool(files) and not subfolders and not any(is_volume_file(p) for p in files)

@@ -1,0 +1,258 @@
+"""Tiled inference: encode each tile with a halo of context, decode its core, blend cores.
+
+The one sliding-window path every caller uses (MONAI's sliding_window_inference blends tiles on
+the *input* grid; here the output grid is r times denser along one axis, so it is done here).
+
+- A tile is a core box of LR voxels plus ``halo`` voxels of context on each side. With a halo of
+  at least the model's receptive radius a core's values are exactly those of a whole-volume pass,
+  whatever the tile placement; a smaller halo trades exactness for speed, and the Gaussian
+  weighting of overlapping cores hides what differs.
+- The Gaussian weights are separable and the tiles form a Cartesian grid, so the sum of weights
+  is a product of three 1D sums: no weight volume is kept.
+- Tiles are visited slab by slab along the slice axis; a rolling float32 buffer holds only the
+  output slices that a later slab can still touch, and finished slices go straight into the
+  output array in its final dtype. Host memory is input + output + a bounded working set.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .errors import Cancelled, InputError, ResourceError
+from .geometry import output_positions
+from .model import CycleINR
+from .normalise import IntensityMap, cast_to_dtype
+
+ProgressCallback = Callable[[float], None]
+CancelCheck = Callable[[], bool]
+
+_FLOAT_BYTES = 4
+_MIN_WEIGHT = 1e-3
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """Tile core size (slices, rows, columns) in LR voxels, context halo and core overlap."""
+
+    core: tuple[int, int, int]
+    halo: int
+    overlap: int
+    decode_voxels: int  # query voxels decoded at once
+
+
+def encoder_bytes_per_voxel(model: CycleINR) -> int:
+    config = model.config
+    channels = 4 * config.encoder_channels + 3 * config.latent_dim + 2 * config.attention_dim
+    return _FLOAT_BYTES * channels
+
+
+def decoder_bytes_per_query(model: CycleINR) -> int:
+    config = model.config
+    channels = 8 * config.latent_dim + 4 * config.attention_dim + 64 + 4 * config.decoder_width
+    return _FLOAT_BYTES * channels
+
+
+def default_memory_budget(device: torch.device) -> int:
+    """Working-set bytes for tiles: most of the free GPU memory, at most 1 GiB of host memory."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free * 0.6)
+    try:
+        import psutil
+        available = psutil.virtual_memory().available
+    except ImportError:  # pragma: no cover - psutil is a dependency
+        available = 4 << 30
+    return int(min(1 << 30, available * 0.4))
+
+
+def plan_tiles(model: CycleINR, shape: tuple[int, int, int], budget_bytes: int,
+               core: tuple[int, int, int] | None = None, halo: int | None = None,
+               overlap: int = 2) -> TilePlan:
+    """Largest near-cubic cores whose encoder pass (with halo) fits half the budget."""
+    if halo is None:
+        halo = model.config.receptive_radius
+    if halo < 1:
+        raise InputError("tile halo must be at least 1 voxel")
+    overlap = max(1, int(overlap))
+    per_voxel = encoder_bytes_per_voxel(model)
+    encode_budget = budget_bytes // 2
+    decode_voxels = max(4096, (budget_bytes // 2) // decoder_bytes_per_query(model))
+    if core is not None:
+        core = tuple(int(c) for c in core)
+        if len(core) != 3 or min(core) < 2:
+            raise InputError(f"tile size must be three sizes of at least 2 voxels, got {core}")
+        if min(core) <= overlap:
+            raise InputError(f"tile size {core} must exceed the tile overlap ({overlap})")
+        return TilePlan(tuple(min(c, s) for c, s in zip(core, shape)), halo, overlap, decode_voxels)
+    best = None
+    for side in range(max(shape), 2, -1):
+        candidate = tuple(min(side, s) for s in shape)
+        padded = [min(c + 2 * halo, s) for c, s in zip(candidate, shape)]
+        if int(np.prod(padded)) * per_voxel <= encode_budget:
+            best = candidate
+            break
+    if best is None:
+        raise ResourceError(f"not even a 3-voxel tile fits the memory budget of "
+                            f"{budget_bytes / 2**20:.0f} MiB; free memory or use a smaller model")
+    overlap = min(overlap, max(1, min(best) // 4))
+    return TilePlan(best, halo, overlap, decode_voxels)
+
+
+def axis_tiles(length: int, core: int, overlap: int) -> list[tuple[int, int]]:
+    """Core ranges [start, stop) covering 0..length with at least ``overlap`` shared voxels."""
+    if core >= length:
+        return [(0, length)]
+    step = max(1, core - overlap)
+    starts = list(range(0, length - core, step)) + [length - core]
+    return [(start, start + core) for start in starts]
+
+
+def gaussian_weight(points: np.ndarray, low: float, high: float, single: bool) -> np.ndarray:
+    """MONAI-style Gaussian importance (sigma = 1/8 of the tile), floored so no voxel gets 0."""
+    if single:
+        return np.ones_like(points, dtype=np.float64)
+    centre = (low + high) / 2
+    sigma = max(0.125 * (high - low + 1), 0.5)
+    return np.maximum(np.exp(-0.5 * ((points - centre) / sigma) ** 2), _MIN_WEIGHT)
+
+
+def _as_cancel_check(cancel) -> CancelCheck:
+    if cancel is None:
+        return lambda: False
+    if hasattr(cancel, "is_set"):
+        return cancel.is_set
+    if callable(cancel):
+        return cancel
+    raise InputError("cancel must be a callable or an object with is_set()")
+
+
+def upsample_slices(model: CycleINR, volume: np.ndarray, out: np.ndarray, scale: float,
+                    intensities: IntensityMap, device: torch.device, plan: TilePlan,
+                    progress: ProgressCallback | None = None, cancel=None,
+                    mixed_precision: bool = True) -> None:
+    """Fill ``out`` (slice axis first, output dtype) from ``volume`` (slice axis first).
+
+    Both may be views with any strides; ``volume`` is only read.
+    """
+    should_stop = _as_cancel_check(cancel)
+    slices, rows, cols = volume.shape
+    positions = output_positions(slices, scale)
+    if out.shape != (len(positions), rows, cols):
+        raise InputError(f"output array has shape {out.shape}, expected {(len(positions), rows, cols)}")
+    halo = plan.halo
+    slab_tiles = axis_tiles(slices, plan.core[0], plan.overlap)
+    row_tiles = axis_tiles(rows, plan.core[1], plan.overlap)
+    col_tiles = axis_tiles(cols, plan.core[2], plan.overlap)
+
+    # Continuous slice intervals owned by each slab: [start, stop - 1]; consecutive ones overlap.
+    slab_ranges = []
+    for start, stop in slab_tiles:
+        first = int(np.searchsorted(positions, start - 1e-9, side="left"))
+        last = int(np.searchsorted(positions, stop - 1 + 1e-9, side="right")) - 1
+        slab_ranges.append((first, last))
+    slice_weight_sum = np.zeros(len(positions))
+    for (start, stop), (first, last) in zip(slab_tiles, slab_ranges):
+        slice_weight_sum[first:last + 1] += gaussian_weight(
+            positions[first:last + 1], start, stop - 1, len(slab_tiles) == 1)
+    row_weight_sum, col_weight_sum = np.zeros(rows), np.zeros(cols)
+    for axis_sum, tiles in ((row_weight_sum, row_tiles), (col_weight_sum, col_tiles)):
+        for start, stop in tiles:
+            axis_sum[start:stop] += gaussian_weight(np.arange(start, stop, dtype=float),
+                                                    start, stop - 1, len(tiles) == 1)
+    inplane_weight_sum = np.outer(row_weight_sum, col_weight_sum).astype(np.float32)
+
+    total_work = (sum(last - first + 1 for first, last in slab_ranges)
+                  * sum(stop - start for start, stop in row_tiles)
+                  * sum(stop - start for start, stop in col_tiles))
+    done_work = 0
+    use_autocast = mixed_precision and device.type == "cuda"
+    autocast_dtype = torch.bfloat16 if use_autocast and torch.cuda.is_bf16_supported() else torch.float16
+
+    buffer_start = 0
+    buffer = np.zeros((0, rows, cols), dtype=np.float32)
+    model.eval()
+    for slab_index, ((slab_start, slab_stop), (first, last)) in enumerate(zip(slab_tiles, slab_ranges)):
+        if last >= buffer_start + buffer.shape[0]:
+            grown = np.zeros((last - buffer_start + 1, rows, cols), dtype=np.float32)
+            grown[:buffer.shape[0]] = buffer
+            buffer = grown
+        in_start, in_stop = max(0, slab_start - halo), min(slices, slab_stop + halo)
+        slice_weights = np.zeros(last - first + 1)
+        if last >= first:
+            slice_weights = gaussian_weight(positions[first:last + 1], slab_start, slab_stop - 1,
+                                            len(slab_tiles) == 1).astype(np.float32)
+        for row_start, row_stop in row_tiles:
+            for col_start, col_stop in col_tiles:
+                if last < first:
+                    continue
+                if should_stop():
+                    raise Cancelled("cancelled by the user")
+                tile = _run_tile(model, volume, intensities, device, plan,
+                                 (in_start, in_stop), (row_start, row_stop), (col_start, col_stop),
+                                 positions[first:last + 1] - in_start, scale,
+                                 use_autocast, autocast_dtype, should_stop)
+                weights = (slice_weights[:, None, None]
+                           * gaussian_weight(np.arange(row_start, row_stop, dtype=float), row_start,
+                                             row_stop - 1, len(row_tiles) == 1).astype(np.float32)[None, :, None]
+                           * gaussian_weight(np.arange(col_start, col_stop, dtype=float), col_start,
+                                             col_stop - 1, len(col_tiles) == 1).astype(np.float32)[None, None, :])
+                target = buffer[first - buffer_start:last - buffer_start + 1,
+                                row_start:row_stop, col_start:col_stop]
+                target += tile * weights
+                done_work += tile.size
+                if progress is not None:
+                    progress(min(1.0, done_work / max(1, total_work)))
+        # Slices no later slab reaches are final: normalise, map back to units and dtype, store.
+        final_stop = slab_ranges[slab_index + 1][0] if slab_index + 1 < len(slab_tiles) else len(positions)
+        count = final_stop - buffer_start
+        if count > 0:
+            finished = buffer[:count] / (slice_weight_sum[buffer_start:final_stop, None, None]
+                                         .astype(np.float32) * inplane_weight_sum[None])
+            out[buffer_start:final_stop] = cast_to_dtype(intensities.inverse(finished), out.dtype)
+            buffer = buffer[count:].copy()
+            buffer_start = final_stop
+    if progress is not None:
+        progress(1.0)
+
+
+def _run_tile(model: CycleINR, volume: np.ndarray, intensities: IntensityMap, device: torch.device,
+              plan: TilePlan, slice_range, row_range, col_range, local_positions: np.ndarray,
+              scale: float, use_autocast: bool, autocast_dtype, should_stop: CancelCheck) -> np.ndarray:
+    """Encode one tile with its halo and decode the output slices of its core."""
+    _, rows, cols = volume.shape
+    halo = plan.halo
+    row_in = (max(0, row_range[0] - halo), min(rows, row_range[1] + halo))
+    col_in = (max(0, col_range[0] - halo), min(cols, col_range[1] + halo))
+    block = volume[slice_range[0]:slice_range[1], row_in[0]:row_in[1], col_in[0]:col_in[1]]
+    tensor = torch.from_numpy(intensities.forward(np.ascontiguousarray(block)))[None, None].to(device)
+    # The query needs the core plus one latent ring in-plane (the 3x3 neighbourhood).
+    row_q = (max(row_in[0], row_range[0] - 1), min(row_in[1], row_range[1] + 1))
+    col_q = (max(col_in[0], col_range[0] - 1), min(col_in[1], col_range[1] + 1))
+    row_crop = slice(row_q[0] - row_in[0], row_q[1] - row_in[0])
+    col_crop = slice(col_q[0] - col_in[0], col_q[1] - col_in[0])
+    row_keep = slice(row_range[0] - row_q[0], row_range[1] - row_q[0])
+    col_keep = slice(col_range[0] - col_q[0], col_range[1] - col_q[0])
+    result = np.empty((len(local_positions), row_range[1] - row_range[0], col_range[1] - col_range[0]),
+                      dtype=np.float32)
+    with torch.inference_mode(), torch.autocast(device.type, dtype=autocast_dtype, enabled=use_autocast):
+        latent = model.encode(tensor)[:, :, :, row_crop, col_crop]
+        intensities_crop = tensor[:, :, :, row_crop, col_crop]
+        keys_values = model.keys_values(latent) if model.config.attention else None
+        per_slice = (row_q[1] - row_q[0]) * (col_q[1] - col_q[0])
+        chunk = max(1, plan.decode_voxels // per_slice)
+        query_spacing = 1.0 / scale
+        all_positions = torch.as_tensor(local_positions, dtype=torch.float32, device=device)
+        for start in range(0, len(local_positions), chunk):
+            if should_stop():
+                raise Cancelled("cancelled by the user")
+            values = model.query(intensities_crop, latent, all_positions[start:start + chunk],
+                                 query_spacing, keys_values)
+            values = values[0, 0, :, row_keep, col_keep].float()
+            if intensities.clip:
+                values = values.clamp_(0, 1)
+            result[start:start + chunk] = values.cpu().numpy()
+    return result
