@@ -1,20 +1,36 @@
 """CycleINR: arbitrary-scale slice-axis super-resolution of CT and MR volumes (CVPR 2024 method).
 
 The engine is pure Python on torch, numpy and SimpleITK; it never imports Slicer, Qt or VTK.
+Names are imported on first use (PEP 562), so ``import cycleinr.geometry`` needs numpy only:
+the Slicer module reads out output grids before torch is installed.
 """
-from .api import ScaleWarning, SuperResolved, super_resolve, super_resolve_image
-from .config import ModelConfig, ModelInfo, Normalisation, PRESETS, preset
-from .errors import Cancelled, CycleINRError, InputError, ModelError, OutputError, ResourceError
-from .geometry import OutputGrid, output_positions, output_slice_count, plan_output
-from .model import CycleINR, build_model
-from .weights import LoadedModel, default_model_path, load_model, save_model
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Cancelled", "CycleINR", "CycleINRError", "InputError", "LoadedModel", "ModelConfig",
-    "ModelError", "ModelInfo", "Normalisation", "OutputError", "OutputGrid", "PRESETS",
-    "ResourceError", "ScaleWarning", "SuperResolved", "build_model", "default_model_path",
-    "load_model", "output_positions", "output_slice_count", "plan_output", "preset",
-    "save_model", "super_resolve", "super_resolve_image",
-]
+_EXPORTS = {
+    "api": ["ScaleWarning", "SuperResolved", "super_resolve", "super_resolve_image"],
+    "config": ["ModelConfig", "ModelInfo", "Normalisation", "PRESETS", "preset"],
+    "errors": ["Cancelled", "CycleINRError", "InputError", "ModelError", "OutputError", "ResourceError"],
+    "geometry": ["OutputGrid", "output_positions", "output_slice_count", "plan_output"],
+    "model": ["CycleINR", "build_model"],
+    "weights": ["LoadedModel", "default_model_path", "load_model", "save_model"],
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str):
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cycleinr' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
