@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -194,6 +195,16 @@ def _backbone_file(backbone: str, folder: Path) -> Path:
     return path
 
 
+def verify_checksum(backbone: str, path: Path) -> None:
+    """torchvision names its files with the first hex digits of their SHA-256: check them, so a
+    truncated or foreign file is refused rather than scored with."""
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    expected = path.name.rsplit("-", 1)[-1].split(".")[0]
+    if not digest.startswith(expected):
+        raise LpipsUnavailable(f"LPIPS ({backbone}) not computed: {path} does not match torchvision's "
+                               f"published checksum {expected}")
+
+
 @lru_cache(maxsize=3)
 def _lpips_network(backbone: str, path: str, device: str):
     """The lpips package's network with its backbone loaded from a verified local torchvision file."""
@@ -201,18 +212,16 @@ def _lpips_network(backbone: str, path: str, device: str):
     import torch
     import torchvision
 
-    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    expected = Path(path).name.rsplit("-", 1)[-1].split(".")[0]
-    if not digest.startswith(expected):
-        raise LpipsUnavailable(f"LPIPS ({backbone}) not computed: {path} does not match torchvision's "
-                               f"published checksum {expected}")
+    verify_checksum(backbone, Path(path))
     builders = {"alex": torchvision.models.alexnet, "vgg": torchvision.models.vgg16,
                 "squeeze": torchvision.models.squeezenet1_1}
     imagenet = builders[backbone](weights=None)
     imagenet.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     # pnet_rand builds the backbone without touching the network; its layers are then filled from
     # the verified file (lpips keeps torchvision's feature indices as module names in each slice)
-    network = lpips.LPIPS(net=backbone, pretrained=True, pnet_rand=True, verbose=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # lpips passes torchvision's deprecated `pretrained=False`
+        network = lpips.LPIPS(net=backbone, pretrained=True, pnet_rand=True, verbose=False)
     for stage in network.net.children():
         for index, layer in stage.named_children():
             layer.load_state_dict(imagenet.features[int(index)].state_dict())
