@@ -89,7 +89,7 @@ def run(args) -> int:
     from .. import evaluate as protocol
     from .. import figures, metrics
     from ..api import slice_axis_of_image
-    from ..eval_report import Results, markdown_table, write_csv, write_json
+    from ..eval_report import Results
     from ..geometry import choose_slice_axis
     from ..volumes import read_image
 
@@ -148,9 +148,8 @@ def run(args) -> int:
                                           title=f"{name} {label} ({'real thick input' if thick else args.degrade})")
             print(f"{name} {label}: done", file=sys.stderr)
     _write(thin_results, out / f"eval_{args.degrade}", f"thin-slice volumes, {args.degrade} degradation",
-           args, references, figures, markdown_table, write_csv, write_json)
-    _write(thick_results, out / "eval_thick", "real thick inputs (no ground truth)", args, references,
-           figures, markdown_table, write_csv, write_json)
+           args, references)
+    _write(thick_results, out / "eval_thick", "real thick inputs (no ground truth)", args, references)
     return 0
 
 
@@ -158,7 +157,11 @@ def _text(value) -> str:
     return "n/c" if value is None else f"{value:.4f}"
 
 
-def _write(results, stem: Path, title, args, references, figures, markdown_table, write_csv, write_json):
+def _write(results, stem: Path, title: str, args, references: list[str]) -> None:
+    """The Markdown table (also printed), the CSV, the JSON if asked, and the metric plot."""
+    from .. import figures
+    from ..eval_report import markdown_table, write_csv, write_json
+
     if not results.rows:
         return
     table = markdown_table(results, title)
