@@ -143,3 +143,17 @@ def _first_line(error: Exception) -> str:
     # ITK messages put the useful sentence last, after file/line noise
     useful = [line for line in lines if not line.startswith(("/", "itk::", "ITK"))]
     return (useful or lines or ["unknown error"])[-1][:300]
+
+
+def write_png_atomically(picture, path: str | os.PathLike) -> Path:
+    """A PIL image to PNG through a temporary file and a rename."""
+    path = Path(path)
+    handle, partial = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial.png", dir=path.parent)
+    os.close(handle)
+    try:
+        picture.save(partial, format="PNG")
+        os.replace(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+    return path
