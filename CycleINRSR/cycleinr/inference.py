@@ -24,7 +24,9 @@ import torch
 
 from .errors import Cancelled, InputError, ResourceError
 from .geometry import output_positions
+from .cost import attention_macs_per_output_voxel, decoder_macs_per_output_voxel, encoder_macs_per_voxel
 from .model import CycleINR
+from .slice_query import prepare, query_slices
 from .normalise import IntensityMap, cast_to_dtype
 
 ProgressCallback = Callable[[float], None]
@@ -32,6 +34,7 @@ CancelCheck = Callable[[], bool]
 
 _FLOAT_BYTES = 4
 _MIN_WEIGHT = 1e-3
+_MAX_DECODE_VOXELS = 1 << 16  # enough rows for efficient GEMMs; more only costs memory
 
 
 @dataclass(frozen=True)
@@ -45,22 +48,30 @@ class TilePlan:
 
 
 def encoder_bytes_per_voxel(model: CycleINR) -> int:
+    """Peak floats per tile voxel: the encoder's (a residual block holds about four feature maps
+    and the latent) or, after it, the per-LR-voxel latent, Q, K and V of ``slice_query.prepare``."""
     config = model.config
-    channels = 4 * config.encoder_channels + 3 * config.latent_dim + 2 * config.attention_dim
-    return _FLOAT_BYTES * channels
+    encoding = 4 * config.encoder_channels + config.latent_dim
+    prepared = 3 * config.latent_dim + 2 * config.attention_dim
+    return _FLOAT_BYTES * (max(encoding, prepared) + 2)
 
 
 def decoder_bytes_per_query(model: CycleINR) -> int:
+    """Working floats per output voxel in ``slice_query`` (latents, logits, hidden layers, gathers)."""
     config = model.config
-    channels = 8 * config.latent_dim + 4 * config.attention_dim + 64 + 4 * config.decoder_width
+    channels = 6 * config.latent_dim + 4 * 27 + 4 * config.decoder_width + 27 * (config.latent_dim
+                                                                                + config.attention_dim) // 2
     return _FLOAT_BYTES * channels
 
 
+_GPU_BUDGET_CAP = 6 << 30  # the issue's target: at most 8 GB of GPU memory in all
+
+
 def default_memory_budget(device: torch.device) -> int:
-    """Working-set bytes for tiles: most of the free GPU memory, at most 1 GiB of host memory."""
+    """Working-set bytes for tiles: most of the free GPU memory (at most 6 GiB), at most 1 GiB of host memory."""
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
-        return int(free * 0.6)
+        return int(min(free * 0.6, _GPU_BUDGET_CAP))
     try:
         import psutil
         available = psutil.virtual_memory().available
@@ -72,15 +83,22 @@ def default_memory_budget(device: torch.device) -> int:
 def plan_tiles(model: CycleINR, shape: tuple[int, int, int], budget_bytes: int,
                core: tuple[int, int, int] | None = None, halo: int | None = None,
                overlap: int = 2) -> TilePlan:
-    """Largest near-cubic cores whose encoder pass (with halo) fits half the budget."""
+    """The tile cores that cost least work, halos and overlaps included, within the budget.
+
+    Halos are the price of exactness: every tile encodes ``halo`` extra voxels on each side. So
+    the planner compares whole-job costs (MACs: encoder over the padded tiles, decoder over the
+    overlapping cores) for cores of the sizes that split each axis evenly, and takes the
+    cheapest that fits; a thin-slice axis usually goes whole (no halo along it at all).
+    """
     if halo is None:
         halo = model.config.receptive_radius
     if halo < 1:
         raise InputError("tile halo must be at least 1 voxel")
     overlap = max(1, int(overlap))
     per_voxel = encoder_bytes_per_voxel(model)
-    encode_budget = budget_bytes // 2
-    decode_voxels = max(4096, (budget_bytes // 2) // decoder_bytes_per_query(model))
+    per_query = decoder_bytes_per_query(model)
+    decode_voxels = int(min(_MAX_DECODE_VOXELS, max(4096, (budget_bytes // 4) // per_query)))
+    encode_budget = budget_bytes - decode_voxels * per_query
     if core is not None:
         core = tuple(int(c) for c in core)
         if len(core) != 3 or min(core) < 2:
@@ -88,18 +106,38 @@ def plan_tiles(model: CycleINR, shape: tuple[int, int, int], budget_bytes: int,
         if min(core) <= overlap:
             raise InputError(f"tile size {core} must exceed the tile overlap ({overlap})")
         return TilePlan(tuple(min(c, s) for c, s in zip(core, shape)), halo, overlap, decode_voxels)
-    best = None
-    for side in range(max(shape), 2, -1):
-        candidate = tuple(min(side, s) for s in shape)
-        padded = [min(c + 2 * halo, s) for c, s in zip(candidate, shape)]
-        if int(np.prod(padded)) * per_voxel <= encode_budget:
-            best = candidate
-            break
+    config = model.config
+    encode_macs = encoder_macs_per_voxel(config)
+    decode_macs = decoder_macs_per_output_voxel(config) + attention_macs_per_output_voxel(config, 1.0)
+    best, best_cost = None, None
+    for slice_core in _even_splits(shape[0], overlap):
+        for side in _even_splits(max(shape[1:]), overlap) | _even_splits(min(shape[1:]), overlap):
+            candidate = (slice_core, min(side, shape[1]), min(side, shape[2]))
+            padded = [min(c + 2 * halo, s) for c, s in zip(candidate, shape)]
+            if int(np.prod(padded)) * per_voxel > encode_budget:
+                continue
+            tiles = [axis_tiles(s, c, overlap) for s, c in zip(shape, candidate)]
+            encoded = np.prod([sum(min(stop + halo, s) - max(start - halo, 0) for start, stop in axis)
+                               for axis, s in zip(tiles, shape)], dtype=np.float64)
+            decoded = np.prod([sum(stop - start for start, stop in axis) for axis in tiles], dtype=np.float64)
+            cost = (encoded * encode_macs + decoded * decode_macs, -int(np.prod(candidate)))
+            if best_cost is None or cost < best_cost:
+                best, best_cost = candidate, cost
     if best is None:
         raise ResourceError(f"not even a 3-voxel tile fits the memory budget of "
                             f"{budget_bytes / 2**20:.0f} MiB; free memory or use a smaller model")
     overlap = min(overlap, max(1, min(best) // 4))
     return TilePlan(best, halo, overlap, decode_voxels)
+
+
+def _even_splits(length: int, overlap: int) -> set[int]:
+    """Core sizes that cover ``length`` with k tiles and little waste, for every k (>= 3 voxels)."""
+    sizes = {length}
+    for count in range(2, length // 2 + 1):
+        size = math.ceil((length + (count - 1) * overlap) / count)
+        if size >= max(3, overlap + 1):
+            sizes.add(size)
+    return sizes
 
 
 def axis_tiles(length: int, core: int, overlap: int) -> list[tuple[int, int]]:
@@ -240,18 +278,18 @@ def _run_tile(model: CycleINR, volume: np.ndarray, intensities: IntensityMap, de
                       dtype=np.float32)
     with torch.inference_mode(), torch.autocast(device.type, dtype=autocast_dtype, enabled=use_autocast):
         latent = model.encode(tensor)[:, :, :, row_crop, col_crop]
-        intensities_crop = tensor[:, :, :, row_crop, col_crop]
-        keys_values = model.keys_values(latent) if model.config.attention else None
-        per_slice = (row_q[1] - row_q[0]) * (col_q[1] - col_q[0])
-        chunk = max(1, plan.decode_voxels // per_slice)
+        prepared = prepare(model, tensor[:, :, :, row_crop, col_crop], latent)
+        del latent
+        window = ((row_keep.start, row_keep.stop), (col_keep.start, col_keep.stop))
+        per_slice = (row_range[1] - row_range[0]) * (col_range[1] - col_range[0])
+        chunk = max(4, plan.decode_voxels // per_slice)
         query_spacing = 1.0 / scale
-        all_positions = torch.as_tensor(local_positions, dtype=torch.float32, device=device)
         for start in range(0, len(local_positions), chunk):
             if should_stop():
                 raise Cancelled("cancelled by the user")
-            values = model.query(intensities_crop, latent, all_positions[start:start + chunk],
-                                 query_spacing, keys_values)
-            values = values[0, 0, :, row_keep, col_keep].float()
+            values = query_slices(model, prepared, local_positions[start:start + chunk], query_spacing,
+                                  window=window, max_voxels=plan.decode_voxels)
+            values = values[0, 0].float()
             if intensities.clip:
                 values = values.clamp_(0, 1)
             result[start:start + chunk] = values.cpu().numpy()
