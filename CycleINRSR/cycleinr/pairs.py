@@ -11,7 +11,9 @@ LR along that axis, for a factor r drawn from 2.0-6.0 in steps of 0.1:
 - "slab": the mean of the thin slices covering [k*r - r/2, k*r + r/2] (what a scanner's thick
   slice is), partial slices weighted by their overlap.
 The HR target is every thin slice between the first and last LR slice centre, so output slice j
-sits at LR position j / r: the same geometry as inference.
+sits at LR position j / r: the same geometry as inference. Every patch has exactly ``lr_slices``
+LR slices, whatever r (the cut reaches the thin slice after the last LR position when r is
+fractional).
 """
 from __future__ import annotations
 
@@ -117,8 +119,10 @@ class PairSampler:
         rng = self.rng
         scale = float(rng.choice(self.scales))
         mode = self.degrade_modes[int(rng.integers(len(self.degrade_modes)))]
+        # the HR target ends at the last HR slice inside the LR extent, (m-1) r; the LR slice at
+        # (m-1) r itself may need the thin slice after it (fractional r), so one more is cut
         hr_slices = int(math.floor((self.lr_slices - 1) * scale + 1e-6)) + 1
-        extent = (hr_slices, self.patch, self.patch)
+        extent = (int(math.ceil((self.lr_slices - 1) * scale - 1e-6)) + 1, self.patch, self.patch)
         lr_list, hr_list = [], []
         for index in range(self.batch_size * parts):
             volume = self.volumes[int(rng.choice(len(self.volumes), p=self.volume_weights))]
@@ -139,9 +143,8 @@ class PairSampler:
                 block = block.transpose(0, 2, 1)
             if flips[3]:
                 block = block[::-1]  # along the slice axis too: anatomy has no preferred direction
-            block = np.ascontiguousarray(block)
-            hr_list.append(block)
-            lr_list.append(degrade(block, scale, mode))
+            lr_list.append(degrade(np.ascontiguousarray(block), scale, mode))
+            hr_list.append(np.ascontiguousarray(block[:hr_slices]))
         positions = np.arange(hr_slices) / scale
         return Batch(np.stack(lr_list)[:, None].astype(np.float32), np.stack(hr_list)[:, None].astype(np.float32),
                      scale, positions)
