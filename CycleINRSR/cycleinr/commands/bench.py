@@ -1,0 +1,40 @@
+"""cycleinr bench --shape X Y Z --scale R [--device D] [--model FILE | --preset NAME] [--json FILE]"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--shape", type=int, nargs=3, metavar=("X", "Y", "Z"), default=[512, 512, 64],
+                        help="volume size in voxels, image order (z = slice axis); built from the real "
+                             "sample CT, mirrored or cropped (default 512 512 64)")
+    parser.add_argument("--scale", type=float, default=5.0, help="upsampling factor (default 5)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--model", help="weights file (.safetensors)")
+    which.add_argument("--preset", choices=["paper", "cpu", "tiny"],
+                       help="an untrained network of this size (default: paper on GPU, cpu on CPU)")
+    parser.add_argument("--memory-budget", type=float, metavar="GIB",
+                        help="tile working-set budget in GiB (default: the engine's own choice)")
+    parser.add_argument("--json", metavar="FILE", help="also write every figure to this JSON file")
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from ..bench import format_result, resolve_bench_model, run_bench
+    from ..devices import resolve_device
+    from ..errors import InputError
+
+    if min(args.shape) < 2:
+        raise InputError(f"--shape needs at least 2 voxels per axis, got {args.shape}")
+    device = resolve_device(args.device)
+    loaded, note = resolve_bench_model(args.model, args.preset, device)
+    budget = int(args.memory_budget * 2**30) if args.memory_budget else None
+    result = run_bench(tuple(args.shape), args.scale, device, loaded, note, memory_budget=budget,
+                       report=lambda message: print(message, file=sys.stderr, flush=True))
+    print(format_result(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    return 0
