@@ -15,6 +15,7 @@ import types
 from PySide6 import QtCore, QtGui, QtWidgets
 
 _property_names_cache: dict[type, frozenset] = {}
+_reading: set = set()
 
 
 def _qt_property_names(cls) -> frozenset:
@@ -31,7 +32,15 @@ class PythonQtAccess:
 
     def __getattribute__(self, name):
         if name[:1] != "_" and name in _qt_property_names(type(self)):
-            return QtCore.QObject.property(self, name)
+            key = (id(self), name)
+            # shiboken looks a virtual getter (QProgressBar::text) up by name while reading the
+            # property: that inner lookup must see the C++ method, as PythonQt's would
+            if key not in _reading:
+                _reading.add(key)
+                try:
+                    return QtCore.QObject.property(self, name)
+                finally:
+                    _reading.discard(key)
         if name in ("connect", "disconnect"):  # shiboken would hand out QObject's static ones
             return types.MethodType(getattr(PythonQtAccess, name), self)
         return super().__getattribute__(name)
