@@ -213,3 +213,14 @@ def test_loss_falls_on_shared_data(tmp_path, shared_data):
     before = held_out_loss(build_model(preset("tiny")))
     after = held_out_loss(load_model(train(options, log=quiet)).network)
     assert after < 0.8 * before, (before, after)
+
+
+def test_training_reads_dicom_series_and_folders(shared_data, tmp_path):
+    dicom = shared_data / "tcga_thca_ct_dicom_subset"
+    volumes = load_training_volumes([str(dicom), str(HEAD_CT)], "ct", 1.6)
+    assert [v.fine_axes for v in volumes] == [(1, 2), (0, 1, 2)]  # 2.5 mm DICOM: in-plane only
+    assert volumes[0].array.shape == (24, 512, 512)
+    folder = tmp_path / "volumes"
+    folder.mkdir()
+    (folder / HEAD_CT.name).symlink_to(HEAD_CT)
+    assert [v.name for v in load_training_volumes([str(folder)], "ct", 1.6)] == [HEAD_CT.name]
