@@ -24,6 +24,8 @@ def super_resolve_file(input_path: str | os.PathLike, output_path: str | os.Path
                        slice_axis=None, overwrite: bool = False, **options):
     """Read, check everything (output path, disk space), super-resolve, write atomically."""
     output_path = Path(output_path)
+    if output_path.exists() and Path(input_path).exists() and output_path.resolve() == Path(input_path).resolve():
+        raise OutputError(f"output would overwrite the input {output_path}; the input is never modified")
     check_output_path(output_path, overwrite)  # fail fast, before reading a large input
     image = read_image(input_path)
     grid = expected_output(image, scale, target_spacing, slice_axis)
