@@ -10,8 +10,9 @@ three exact identities, so that per output voxel only the unavoidable work remai
    (3 x d) @ (d x 27) per in-plane voxel gives every logit of the group's r slices, and a
    (slices x 3) coefficient matrix mixes them. The trilinear latent z^ and the linear
    interpolation of the intensities are the same mix of the three LR slices.
-2. The attention-weighted value sum is one batched matmul per in-plane voxel:
-   (slices x 27) @ (27 x C), on the 27-neighbourhood of V gathered once per LR slice.
+2. The attention-weighted value sum is three batched matmuls per in-plane voxel,
+   (slices x 9) @ (9 x C), one per LR slice, on the 3x3 in-plane neighbourhoods of K and V
+   gathered once per LR slice (not once per group: that copy cost more than the matmuls).
 3. The decoder's coordinate inputs (offset to n, log of the query spacing) are constant over
    an output slice, so they fold into a per-slice bias of the first and the skip layer:
    no coordinate tensor, no concatenation of them.
@@ -67,13 +68,34 @@ def prepare(model: CycleINR, volume: torch.Tensor, latent: torch.Tensor) -> Prep
                           _pad_slices(keys[0]), _pad_slices(values[0]))
 
 
-def _neighbourhood(padded: torch.Tensor, nearest: int, rows: slice, cols: slice) -> torch.Tensor:
-    """(pixels, 27, channels): the 3x3x3 neighbours of each voxel of the window, in query()'s order."""
-    slab = padded[nearest:nearest + 3, rows.start:rows.stop + 2, cols.start:cols.stop + 2].contiguous()
-    s0, s1, s2, s3 = slab.stride()
+def _in_plane_neighbourhood(padded: torch.Tensor, slice_index: int, rows: slice, cols: slice) -> torch.Tensor:
+    """(pixels, 9, channels): the 3x3 in-plane neighbours of each window voxel on one (padded) LR
+    slice, in query()'s (row, column) order. Gathered once per LR slice and window, then shared
+    by the three groups of output slices that reach that LR slice."""
+    plane = padded[slice_index, rows.start:rows.stop + 2, cols.start:cols.stop + 2]
+    s0, s1, s2 = plane.stride()
     height, width = rows.stop - rows.start, cols.stop - cols.start
-    window = slab.as_strided((height, width, 3, 3, 3, slab.shape[-1]), (s1, s2, s0, s1, s2, s3))
-    return window.reshape(height * width, _NEIGHBOURS, slab.shape[-1])
+    window = plane.as_strided((height, width, 3, 3, plane.shape[-1]), (s0, s1, s0, s1, s2))
+    return window.reshape(height * width, 9, plane.shape[-1])
+
+
+class _NeighbourCache:
+    """In-plane neighbourhoods of K and V for the LR slices the current group needs (at most 3)."""
+
+    def __init__(self, prepared: PreparedLatent, rows: slice, cols: slice) -> None:
+        self.prepared, self.rows, self.cols = prepared, rows, cols
+        self.slices: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def around(self, nearest: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """K and V neighbourhoods of LR slices n-1, n, n+1 (padded indices n, n+1, n+2)."""
+        wanted = range(nearest, nearest + 3)
+        self.slices = {index: value for index, value in self.slices.items() if index in wanted}
+        for index in wanted:
+            if index not in self.slices:
+                self.slices[index] = (
+                    _in_plane_neighbourhood(self.prepared.keys, index, self.rows, self.cols),
+                    _in_plane_neighbourhood(self.prepared.values, index, self.rows, self.cols))
+        return [self.slices[index] for index in wanted]
 
 
 def _slice_coefficients(positions: np.ndarray, nearest: int, slices: int) -> np.ndarray:
@@ -96,6 +118,8 @@ def query_slices(model: CycleINR, prepared: PreparedLatent, positions: torch.Ten
     ``window`` ((row_start, row_stop), (col_start, col_stop)) restricts the output in-plane
     (the neighbourhoods still reach one voxel beyond it); ``max_voxels`` bounds the output voxels
     handled at once (working set about ``max_voxels`` x (27 (C + d) / r + 3 x decoder width) floats).
+    Rows go in chunks, and within a chunk groups go in LR-slice order, so each LR slice's
+    neighbourhoods are gathered once.
     """
     latent = prepared.latent
     slices, (rows, cols) = prepared.slices, latent.shape[1:3]
@@ -106,19 +130,21 @@ def query_slices(model: CycleINR, prepared: PreparedLatent, positions: torch.Ten
     nearest_all = np.clip(np.rint(positions), 0, slices - 1).astype(int)
     width = col_stop - col_start
     out = torch.empty((len(positions), row_stop - row_start, width), dtype=latent.dtype, device=latent.device)
-    for nearest in np.unique(nearest_all):
-        members = np.nonzero(nearest_all == nearest)[0]
-        step = max(1, max_voxels // max(1, len(members) * width))
-        for first in range(row_start, row_stop, step):
-            rows_now = slice(first, min(row_stop, first + step))
-            values = _query_group(model, prepared, int(nearest), positions[members].astype(np.float64),
-                                  query_spacing, rows_now, slice(col_start, col_stop))
+    groups = [(int(nearest), np.nonzero(nearest_all == nearest)[0]) for nearest in np.unique(nearest_all)]
+    largest = max(len(members) for _, members in groups)
+    step = max(1, max_voxels // max(1, largest * width))
+    for first in range(row_start, row_stop, step):
+        rows_now, cols_now = slice(first, min(row_stop, first + step)), slice(col_start, col_stop)
+        cache = _NeighbourCache(prepared, rows_now, cols_now) if model.config.attention else None
+        for nearest, members in groups:
+            values = _query_group(model, prepared, nearest, positions[members].astype(np.float64),
+                                  query_spacing, rows_now, cols_now, cache)
             out[members, rows_now.start - row_start:rows_now.stop - row_start] = values
     return out[None, None]
 
 
 def _query_group(model: CycleINR, prepared: PreparedLatent, nearest: int, positions: np.ndarray,
-                 query_spacing: float, rows: slice, cols: slice) -> torch.Tensor:
+                 query_spacing: float, rows: slice, cols: slice, cache: _NeighbourCache | None) -> torch.Tensor:
     """Output slices sharing the nearest LR slice ``nearest``, on one in-plane window -> (k, h, w)."""
     latent = prepared.latent
     slices, channels = prepared.slices, latent.shape[-1]
@@ -129,18 +155,22 @@ def _query_group(model: CycleINR, prepared: PreparedLatent, nearest: int, positi
     height, width = rows.stop - rows.start, cols.stop - cols.start
     pixels = height * width
 
-    three = latent[around, rows, cols].reshape(3, pixels, channels).transpose(0, 1)
-    trilinear = torch.matmul(mix.to(three.dtype), three)  # (P, k, C)
+    mix_t = mix.t().contiguous().to(latent.dtype)  # (3, k)
+    # Mixing the three LR slices is a K=3 GEMM over (pixel, channel) rows; its (P, C, k) result
+    # is used transposed, as (P, k, C), without a copy.
+    three = latent[around, rows, cols].permute(1, 2, 3, 0).reshape(pixels * channels, 3)
+    trilinear = torch.mm(three, mix_t).view(pixels, channels, -1).transpose(1, 2)  # (P, k, C)
     if model.config.attention:
-        queries = prepared.queries[around, rows, cols].reshape(3, pixels, -1).transpose(0, 1)
-        keys = _neighbourhood(prepared.keys, nearest, rows, cols)  # (P, 27, d)
-        logits = torch.matmul(mix.to(queries.dtype), torch.bmm(queries, keys.transpose(1, 2)))  # (P, k, 27)
-        weights = torch.softmax(logits.float(), dim=-1).to(logits.dtype)
-        values = _neighbourhood(prepared.values, nearest, rows, cols)  # (P, 27, C)
-        attended = torch.bmm(weights, values)
-        sampled = trilinear + attended if model.config.attention_residual else attended
+        queries = prepared.queries[around, rows, cols].reshape(3, pixels, -1).permute(1, 2, 0)  # (P, d, 3)
+        neighbours = cache.around(nearest)  # per LR slice: K (P, 9, d), V (P, 9, C)
+        raw = torch.cat([torch.bmm(keys, queries) for keys, _ in neighbours], dim=1)  # (P, 27, 3)
+        logits = torch.mm(raw.view(pixels * 27, 3), mix_t).view(pixels, 27, -1).transpose(1, 2)
+        weights = torch.softmax(logits.float(), dim=-1).to(latent.dtype)  # (P, k, 27)
+        sampled = trilinear if model.config.attention_residual else torch.zeros_like(trilinear)
+        for block, (_, values) in enumerate(neighbours):
+            sampled = torch.baddbmm(sampled, weights[:, :, 9 * block:9 * block + 9], values)
     else:
-        sampled = trilinear
+        sampled = trilinear.contiguous()
     offsets = torch.as_tensor(positions - nearest, dtype=torch.float32, device=device)
     decoded = _decode(model, sampled, offsets, math.log(query_spacing))  # (P, k)
     if model.config.predict_residual:
