@@ -264,6 +264,7 @@ def test_dependencies_are_installed_only_after_the_user_agrees(scene, monkeypatc
     assert slicer.util.pipInstalled == ["torch>=2.1", ["safetensors>=0.4"]]
 
 
+@pytest.mark.slow
 def test_gpu_out_of_memory_exit_retries_with_smaller_tiles_and_says_so(scene, tiny_model_file):
     """A worker that ended with the GPU out-of-memory exit is retried (here: on this CPU)."""
     slicer, module = scene

@@ -34,6 +34,7 @@ def tiny_model_file(tiny_model, tmp_path_factory):
                           tiny_model.network, tiny_model.info))
 
 
+@pytest.mark.slow
 def test_fine_tune_on_volume_node_saves_model_and_leaves_volume(training_module, tiny_model_file, tmp_path):
     slicer, module = training_module
     from cycleinr.weights import load_model
