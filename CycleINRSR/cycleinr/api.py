@@ -41,19 +41,13 @@ class SuperResolved:
 
 
 def pick_model(model: str | os.PathLike | LoadedModel | None, device: torch.device) -> LoadedModel:
-    """A loaded model as given, a file, or the bundled default (the CPU-sized one on a CPU)."""
+    """A loaded model as given, a file, or the bundled default for the device (the CPU-sized
+    one on a CPU); the result's ``model_name`` always says which was used."""
     if isinstance(model, LoadedModel):
         model.network.to(device)
         return model
-    if model is None:
-        path = None
-        if device.type == "cpu" and not os.environ.get("CYCLEINR_MODEL"):
-            try:
-                path = default_model_path("ct-cpu")
-            except Exception:
-                path = None
-        return load_model(path if path is not None else default_model_path("ct"), device)
-    return load_model(Path(model), device)
+    path = Path(model) if model is not None else default_model_path(device.type)
+    return load_model(path, device)
 
 
 def _available_host_bytes() -> int:

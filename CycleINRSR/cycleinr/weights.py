@@ -106,15 +106,18 @@ def load_model(path: str | os.PathLike | None = None, device: str | torch.device
     return LoadedModel(network, info, path)
 
 
-def default_model_path(kind: str = "ct") -> Path:
-    """The bundled model (or $CYCLEINR_MODEL); a clear error if none is installed."""
+def default_model_path(device_type: str = "cpu") -> Path:
+    """The bundled model for a device: $CYCLEINR_MODEL if set, else the first bundled file in
+    the device's order of preference (CPU-sized first on a CPU, paper-sized first on a GPU)."""
     override = os.environ.get(MODEL_ENV)
     if override:
         return Path(override)
-    path = WEIGHTS_DIR / DEFAULT_MODELS[kind]
-    if not path.exists():
-        raise ModelError(f"no bundled model at {path}; pass a model file (--model) or set {MODEL_ENV}")
-    return path
+    order = ("ct-cpu", "ct") if device_type == "cpu" else ("ct", "ct-cpu")
+    for kind in order:
+        path = WEIGHTS_DIR / DEFAULT_MODELS[kind]
+        if path.exists():
+            return path
+    raise ModelError(f"no bundled model in {WEIGHTS_DIR}; pass a model file (--model) or set {MODEL_ENV}")
 
 
 def describe(path: str | os.PathLike) -> str:
