@@ -130,15 +130,27 @@ def slice_axis_of_image(slice_axis: int | str | None) -> int | None:
 
 def super_resolve_image(image, scale: float | None = None, target_spacing: float | None = None,
                         slice_axis: int | str | None = None, **options):
-    """The same for a SimpleITK image: origin and direction kept, spacing divided along the axis."""
+    """The same for a SimpleITK image: origin and direction kept, spacing divided along the axis.
+
+    The output image is made first and the engine writes into its buffer (image_buffer), so the
+    output exists once in memory, not as a numpy array and then a copy.
+    """
     import SimpleITK as sitk
+
+    from .image_buffer import new_image_with_array
 
     check_image(image)
     volume = sitk.GetArrayViewFromImage(image)
     spacing = tuple(reversed(image.GetSpacing()))
+    axis = slice_axis_of_image(slice_axis)
+    output = None
+    if options.get("out") is None:
+        grid = plan_output(volume.shape, spacing, scale, target_spacing, axis)
+        output, options["out"] = new_image_with_array(grid.shape, volume.dtype)
     result = super_resolve(volume, spacing, scale=scale, target_spacing=target_spacing,
-                           slice_axis=slice_axis_of_image(slice_axis), **options)
-    output = sitk.GetImageFromArray(result.array)
+                           slice_axis=axis, **options)
+    if output is None:
+        output = sitk.GetImageFromArray(result.array)
     output.SetSpacing(tuple(reversed(result.spacing)))
     output.SetOrigin(image.GetOrigin())
     output.SetDirection(image.GetDirection())
