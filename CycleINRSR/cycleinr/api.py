@@ -72,7 +72,7 @@ def super_resolve(volume: np.ndarray, spacing: Sequence[float], scale: float | N
                   model: str | os.PathLike | LoadedModel | None = None, device: str = "auto",
                   tile_size: Sequence[int] | None = None, halo: int | None = None,
                   memory_budget: int | None = None, progress=None, cancel=None,
-                  out: np.ndarray | None = None) -> SuperResolved:
+                  out: np.ndarray | None = None, skip_below: float | None = None) -> SuperResolved:
     """Upsample ``volume`` along one axis by ``scale`` (or to ``target_spacing`` mm).
 
     ``spacing`` lists the voxel size along each *array* axis (for a SimpleITK array [k, j, i]
@@ -80,6 +80,8 @@ def super_resolve(volume: np.ndarray, spacing: Sequence[float], scale: float | N
     slice j lies at input index j / scale; the first slice centre is kept and nothing is
     extrapolated past the last. ``progress(fraction)`` is called as work proceeds; ``cancel`` (a
     callable or a threading.Event) stops the work within one tile chunk, raising ``Cancelled``.
+    ``skip_below`` (input units, e.g. -900 for CT air; off by default) gives voxels whose 27 LR
+    neighbours all lie below it linear interpolation instead of the network (faster on air).
     """
     check_array(volume)
     grid = plan_output(volume.shape, spacing, scale, target_spacing, slice_axis)
@@ -104,7 +106,7 @@ def super_resolve(volume: np.ndarray, spacing: Sequence[float], scale: float | N
                       core=_tile_in_slice_order(tile_size, grid.slice_axis), halo=halo)
     upsample_slices(loaded.network, source, target, grid.scale,
                     intensity_map(source, loaded.info.normalisation), torch_device, plan,
-                    progress=progress, cancel=cancel)
+                    progress=progress, cancel=cancel, skip_below=skip_below)
     return SuperResolved(out, grid.spacing, grid.slice_axis, grid.scale, loaded.name,
                          str(torch_device), notes)
 

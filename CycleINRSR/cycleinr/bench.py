@@ -159,6 +159,7 @@ class BenchResult:
     gpu_peak_allocated: int | None = None
     gpu_peak_reserved: int | None = None
     load_average: tuple[float, float, float] | None = None
+    skip_below: float | None = None
     machine: str = field(default_factory=platform.platform)
     date: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M:%S %Z"))
 
@@ -192,7 +193,7 @@ def _encoded_voxels(network, shape: tuple[int, int, int], budget: int) -> tuple[
 
 
 def run_bench(shape_xyz, scale: float, device: torch.device, loaded: LoadedModel, model_note: str,
-              memory_budget: int | None = None, report=print) -> BenchResult:
+              memory_budget: int | None = None, skip_below: float | None = None, report=print) -> BenchResult:
     """Time the engine, SimpleITK linear and B-spline on one real volume; count the floor."""
     from .api import super_resolve
 
@@ -218,7 +219,7 @@ def run_bench(shape_xyz, scale: float, device: torch.device, loaded: LoadedModel
     with PeakHostMemory() as host:
         start = time.perf_counter()
         result = super_resolve(volume, spacing, scale=scale, model=loaded, device=str(device),
-                               memory_budget=budget)
+                               memory_budget=budget, skip_below=skip_below)
         _synchronise(device)
         engine_s = time.perf_counter() - start
     gpu_allocated = gpu_reserved = None
@@ -255,7 +256,7 @@ def run_bench(shape_xyz, scale: float, device: torch.device, loaded: LoadedModel
         input_bytes=int(volume.nbytes), output_bytes=output_bytes, host_rss_before=int(host.before),
         host_peak=int(host.peak), host_growth=int(host.peak - host.before),
         gpu_peak_allocated=gpu_allocated, gpu_peak_reserved=gpu_reserved,
-        load_average=tuple(os.getloadavg()) if hasattr(os, "getloadavg") else None)
+        load_average=tuple(os.getloadavg()) if hasattr(os, "getloadavg") else None, skip_below=skip_below)
 
 
 def _device_name(device: torch.device) -> str:
@@ -277,6 +278,8 @@ def format_result(result: BenchResult) -> str:
         f"device {result.device} ({result.device_name}), {result.threads} torch threads"
         + (f", load average {result.load_average[0]:.1f}" if result.load_average else ""),
         f"model {result.model}: {result.model_note}",
+        *([f"skip-air option on: voxels with every LR neighbour below {result.skip_below:g} interpolated "
+           "(the floor counts every voxel)"] if result.skip_below is not None else []),
         f"dense matmul rate {result.matmul_flops_per_s / 1e9:.0f} GFLOP/s ({result.matmul_dtype})",
         "",
         f"{'':32s}{'seconds':>10s}{'x engine':>10s}",

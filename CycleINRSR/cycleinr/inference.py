@@ -26,6 +26,7 @@ from .errors import Cancelled, InputError, ResourceError
 from .geometry import output_positions
 from .cost import attention_macs_per_output_voxel, decoder_macs_per_output_voxel, encoder_macs_per_voxel
 from .model import CycleINR
+from .model import _interpolate_slices as interpolate_slices
 from .slice_query import prepare, query_slices
 from .normalise import IntensityMap, cast_to_dtype
 
@@ -171,12 +172,16 @@ def _as_cancel_check(cancel) -> CancelCheck:
 def upsample_slices(model: CycleINR, volume: np.ndarray, out: np.ndarray, scale: float,
                     intensities: IntensityMap, device: torch.device, plan: TilePlan,
                     progress: ProgressCallback | None = None, cancel=None,
-                    mixed_precision: bool = True) -> None:
+                    mixed_precision: bool = True, skip_below: float | None = None) -> None:
     """Fill ``out`` (slice axis first, output dtype) from ``volume`` (slice axis first).
 
-    Both may be views with any strides; ``volume`` is only read.
+    Both may be views with any strides; ``volume`` is only read. ``skip_below`` (input units,
+    e.g. -900 HU; off by default): output voxels whose 27 LR neighbours all lie below it get
+    linear interpolation without running the network; tiles that are all background skip the
+    encoder too.
     """
     should_stop = _as_cancel_check(cancel)
+    background = None if skip_below is None else float(intensities.forward(np.array([skip_below]))[0])
     slices, rows, cols = volume.shape
     positions = output_positions(slices, scale)
     if out.shape != (len(positions), rows, cols):
@@ -232,7 +237,7 @@ def upsample_slices(model: CycleINR, volume: np.ndarray, out: np.ndarray, scale:
                 tile = _run_tile(model, volume, intensities, device, plan,
                                  (in_start, in_stop), (row_start, row_stop), (col_start, col_stop),
                                  positions[first:last + 1] - in_start, scale,
-                                 use_autocast, autocast_dtype, should_stop)
+                                 use_autocast, autocast_dtype, should_stop, background)
                 weights = (slice_weights[:, None, None]
                            * gaussian_weight(np.arange(row_start, row_stop, dtype=float), row_start,
                                              row_stop - 1, len(row_tiles) == 1).astype(np.float32)[None, :, None]
@@ -259,7 +264,8 @@ def upsample_slices(model: CycleINR, volume: np.ndarray, out: np.ndarray, scale:
 
 def _run_tile(model: CycleINR, volume: np.ndarray, intensities: IntensityMap, device: torch.device,
               plan: TilePlan, slice_range, row_range, col_range, local_positions: np.ndarray,
-              scale: float, use_autocast: bool, autocast_dtype, should_stop: CancelCheck) -> np.ndarray:
+              scale: float, use_autocast: bool, autocast_dtype, should_stop: CancelCheck,
+              background: float | None = None) -> np.ndarray:
     """Encode one tile with its halo and decode the output slices of its core."""
     _, rows, cols = volume.shape
     halo = plan.halo
@@ -276,9 +282,14 @@ def _run_tile(model: CycleINR, volume: np.ndarray, intensities: IntensityMap, de
     col_keep = slice(col_range[0] - col_q[0], col_range[1] - col_q[0])
     result = np.empty((len(local_positions), row_range[1] - row_range[0], col_range[1] - col_range[0]),
                       dtype=np.float32)
+    queried = tensor[:, :, :, row_crop, col_crop]
+    if background is not None and float(queried.max()) < background:
+        positions = torch.as_tensor(local_positions, dtype=torch.float32, device=device)
+        interpolated = interpolate_slices(queried, positions)[0, 0, :, row_keep, col_keep]
+        return interpolated.float().cpu().numpy()
     with torch.inference_mode(), torch.autocast(device.type, dtype=autocast_dtype, enabled=use_autocast):
         latent = model.encode(tensor)[:, :, :, row_crop, col_crop]
-        prepared = prepare(model, tensor[:, :, :, row_crop, col_crop], latent)
+        prepared = prepare(model, queried, latent, background)
         del latent
         window = ((row_keep.start, row_keep.stop), (col_keep.start, col_keep.stop))
         per_slice = (row_range[1] - row_range[0]) * (col_range[1] - col_range[0])

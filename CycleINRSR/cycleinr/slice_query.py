@@ -43,6 +43,8 @@ class PreparedLatent:
     queries: torch.Tensor | None  # (S + 2, H, W, d), already divided by sqrt(d)
     keys: torch.Tensor | None     # (S + 2, H + 2, W + 2, d), also edge-replicated in-plane
     values: torch.Tensor | None   # (S + 2, H + 2, W + 2, C)
+    neighbour_max: torch.Tensor | None = None  # (S + 2, H, W): 3x3 in-plane max of the intensities
+    background: float | None = None            # skip voxels whose 27 LR neighbours are all below
 
     @property
     def slices(self) -> int:
@@ -53,19 +55,28 @@ def _pad_slices(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat([tensor[:1], tensor, tensor[-1:]])
 
 
-def prepare(model: CycleINR, volume: torch.Tensor, latent: torch.Tensor) -> PreparedLatent:
-    """Everything that depends on LR voxels only, once per tile (batch size 1)."""
+def prepare(model: CycleINR, volume: torch.Tensor, latent: torch.Tensor,
+            background: float | None = None) -> PreparedLatent:
+    """Everything that depends on LR voxels only, once per tile (batch size 1).
+
+    ``background`` (normalised intensity): output voxels whose 27 LR neighbours all lie below it
+    skip attention and decoder and get linear interpolation (an option; off by default).
+    """
     if latent.shape[0] != 1 or volume.shape[0] != 1:
         raise ValueError("slice_query works on one tile at a time (batch size 1)")
     channels_last = latent[0].permute(1, 2, 3, 0)
     intensities = _pad_slices(volume[0, 0])
+    neighbour_max = None
+    if background is not None:
+        padded = F.pad(intensities[:, None], (1, 1, 1, 1), mode="replicate")
+        neighbour_max = F.max_pool2d(padded, 3, stride=1)[:, 0]
     if not model.config.attention:
-        return PreparedLatent(_pad_slices(channels_last), intensities, None, None, None)
+        return PreparedLatent(_pad_slices(channels_last), intensities, None, None, None, neighbour_max, background)
     keys, values = model.keys_values(latent)
     scale = 1.0 / math.sqrt(model.config.attention_dim)
     queries = model.to_query(channels_last) * scale
     return PreparedLatent(_pad_slices(channels_last), intensities, _pad_slices(queries),
-                          _pad_slices(keys[0]), _pad_slices(values[0]))
+                          _pad_slices(keys[0]), _pad_slices(values[0]), neighbour_max, background)
 
 
 def _in_plane_neighbourhood(padded: torch.Tensor, slice_index: int, rows: slice, cols: slice) -> torch.Tensor:
@@ -156,27 +167,54 @@ def _query_group(model: CycleINR, prepared: PreparedLatent, nearest: int, positi
     pixels = height * width
 
     mix_t = mix.t().contiguous().to(latent.dtype)  # (3, k)
-    # Mixing the three LR slices is a K=3 GEMM over (pixel, channel) rows; its (P, C, k) result
-    # is used transposed, as (P, k, C), without a copy.
-    three = latent[around, rows, cols].permute(1, 2, 3, 0).reshape(pixels * channels, 3)
-    trilinear = torch.mm(three, mix_t).view(pixels, channels, -1).transpose(1, 2)  # (P, k, C)
+    intensities = prepared.intensities[around, rows, cols].reshape(3, pixels).t()
+    interpolated = torch.mm(intensities, mix_t)  # (P, k)
+    active = _active_pixels(prepared, around, rows, cols)
+    if active is not None and active.numel() == 0:
+        return interpolated.t().reshape(len(positions), height, width)
+
+    def per_pixel(tensor: torch.Tensor) -> torch.Tensor:
+        """(3, h, w, ch) LR-slice tensor -> (A, ch, 3) for the pixels that are worked on."""
+        tensor = tensor.reshape(3, pixels, tensor.shape[-1])
+        if active is not None:
+            tensor = tensor.index_select(1, active)
+        return tensor.permute(1, 2, 0)
+
+    def subset(tensor: torch.Tensor) -> torch.Tensor:
+        return tensor if active is None else tensor.index_select(0, active)
+
+    count = pixels if active is None else active.numel()
+    # Mixing the three LR slices is a K=3 GEMM over (pixel, channel) rows; its (A, C, k) result
+    # is used transposed, as (A, k, C), without a copy.
+    three = per_pixel(latent[around, rows, cols]).reshape(count * channels, 3)
+    trilinear = torch.mm(three, mix_t).view(count, channels, -1).transpose(1, 2)  # (A, k, C)
     if model.config.attention:
-        queries = prepared.queries[around, rows, cols].reshape(3, pixels, -1).permute(1, 2, 0)  # (P, d, 3)
-        neighbours = cache.around(nearest)  # per LR slice: K (P, 9, d), V (P, 9, C)
-        raw = torch.cat([torch.bmm(keys, queries) for keys, _ in neighbours], dim=1)  # (P, 27, 3)
-        logits = torch.mm(raw.view(pixels * 27, 3), mix_t).view(pixels, 27, -1).transpose(1, 2)
-        weights = torch.softmax(logits.float(), dim=-1).to(latent.dtype)  # (P, k, 27)
+        queries = per_pixel(prepared.queries[around, rows, cols])  # (A, d, 3)
+        neighbours = [(subset(keys), subset(values)) for keys, values in cache.around(nearest)]
+        raw = torch.cat([torch.bmm(keys, queries) for keys, _ in neighbours], dim=1)  # (A, 27, 3)
+        logits = torch.mm(raw.view(count * 27, 3), mix_t).view(count, 27, -1).transpose(1, 2)
+        weights = torch.softmax(logits.float(), dim=-1).to(latent.dtype)  # (A, k, 27)
         sampled = trilinear if model.config.attention_residual else torch.zeros_like(trilinear)
         for block, (_, values) in enumerate(neighbours):
             sampled = torch.baddbmm(sampled, weights[:, :, 9 * block:9 * block + 9], values)
     else:
         sampled = trilinear.contiguous()
     offsets = torch.as_tensor(positions - nearest, dtype=torch.float32, device=device)
-    decoded = _decode(model, sampled, offsets, math.log(query_spacing))  # (P, k)
+    decoded = _decode(model, sampled, offsets, math.log(query_spacing))  # (A, k)
     if model.config.predict_residual:
-        intensities = prepared.intensities[around, rows, cols].reshape(3, pixels)
-        decoded = decoded + torch.matmul(intensities.t().to(decoded.dtype), mix.t().to(decoded.dtype))
+        decoded = decoded + subset(interpolated).to(decoded.dtype)
+    if active is not None:
+        decoded = interpolated.to(decoded.dtype).index_copy_(0, active, decoded)
     return decoded.t().reshape(len(positions), height, width)
+
+
+def _active_pixels(prepared: PreparedLatent, around: slice, rows: slice, cols: slice) -> torch.Tensor | None:
+    """Indices of window pixels with some LR neighbour at or above the background; None = all."""
+    if prepared.neighbour_max is None:
+        return None
+    nearby = prepared.neighbour_max[around, rows, cols].amax(0).reshape(-1)
+    active = torch.nonzero(nearby >= prepared.background).squeeze(1)
+    return None if active.numel() == nearby.numel() else active
 
 
 def _coordinate_bias(layer: torch.nn.Linear, first_coord: int, offsets: torch.Tensor,

@@ -1,4 +1,4 @@
-"""cycleinr bench --shape X Y Z --scale R [--device D] [--model FILE | --preset NAME] [--json FILE]"""
+"""cycleinr bench --shape X Y Z --scale R [--device D] [--model FILE | --preset NAME] [--threads N] [--json FILE]"""
 from __future__ import annotations
 
 import json
@@ -18,6 +18,10 @@ def add_arguments(parser) -> None:
                        help="an untrained network of this size (default: paper on GPU, cpu on CPU)")
     parser.add_argument("--memory-budget", type=float, metavar="GIB",
                         help="tile working-set budget in GiB (default: the engine's own choice)")
+    parser.add_argument("--skip-below", type=float, metavar="VALUE",
+                        help="time the skip-air option: voxels whose LR neighbours are all below VALUE "
+                             "(input units, e.g. -900 HU) get linear interpolation")
+    parser.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's own)")
     parser.add_argument("--json", metavar="FILE", help="also write every figure to this JSON file")
     parser.set_defaults(run=run)
 
@@ -29,10 +33,17 @@ def run(args) -> int:
 
     if min(args.shape) < 2:
         raise InputError(f"--shape needs at least 2 voxels per axis, got {args.shape}")
+    if args.threads is not None:
+        import torch
+
+        if args.threads < 1:
+            raise InputError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     loaded, note = resolve_bench_model(args.model, args.preset, device)
     budget = int(args.memory_budget * 2**30) if args.memory_budget else None
     result = run_bench(tuple(args.shape), args.scale, device, loaded, note, memory_budget=budget,
+                       skip_below=args.skip_below,
                        report=lambda message: print(message, file=sys.stderr, flush=True))
     print(format_result(result))
     if args.json:
