@@ -96,3 +96,20 @@ def test_cost_count_matches_the_issue_for_the_paper_model():
     assert encoder_macs_per_voxel(config) == pytest.approx(2.2e6, rel=0.02)
     cost = job_cost(config, 512 * 512 * 64, 512 * 512 * 316, 5.0)
     assert cost.flops == pytest.approx(1.5e14, rel=0.1)
+
+
+def test_fast_path_runs_under_bfloat16_autocast():
+    """The GPU path runs under autocast; CPU bfloat16 autocast checks the dtype plumbing here."""
+    network = _network(preset("cpu"))
+    torch.manual_seed(1)
+    volume = torch.rand(1, 1, 5, 8, 9)
+    positions = output_positions(5, 2.5)
+    with torch.inference_mode():
+        latent = network.encode(volume)
+        reference = network.query(volume, latent, torch.as_tensor(positions, dtype=torch.float32), 0.4)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            latent_half = network.encode(volume)
+            prepared = slice_query.prepare(network, volume, latent_half, background=0.05)
+            fast = slice_query.query_slices(network, prepared, positions, 0.4)
+    assert fast.shape == reference.shape
+    assert float((fast.float() - reference).abs().max()) < 0.05 * float(reference.abs().max())
