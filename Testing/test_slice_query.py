@@ -9,7 +9,7 @@ from cycleinr import build_model, preset
 from cycleinr import slice_query
 from cycleinr.cost import encoder_macs_per_voxel, job_cost
 from cycleinr.geometry import output_positions
-from cycleinr.inference import encoder_bytes_per_voxel, plan_tiles
+from cycleinr.inference import plan_tiles, tile_bytes
 
 SCALES = [2.0, 2.5, 5 / 3, 3.3, 5.0]
 
@@ -87,7 +87,7 @@ def test_planner_fits_the_budget_and_keeps_a_short_slice_axis_whole():
     plan = plan_tiles(network, (64, 512, 512), budget)
     assert plan.core[0] == 64  # no halo along the slice axis at all
     padded = [min(c + 2 * plan.halo, s) for c, s in zip(plan.core, (64, 512, 512))]
-    assert int(np.prod(padded)) * encoder_bytes_per_voxel(network) <= budget
+    assert tile_bytes(network, tuple(padded), plan.core) <= budget
     assert plan.halo == network.config.receptive_radius
 
 

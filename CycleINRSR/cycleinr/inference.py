@@ -48,13 +48,16 @@ class TilePlan:
     decode_voxels: int  # query voxels decoded at once
 
 
-def encoder_bytes_per_voxel(model: CycleINR) -> int:
-    """Peak floats per tile voxel: the encoder's (a residual block holds about four feature maps
-    and the latent) or, after it, the per-LR-voxel latent, Q, K and V of ``slice_query.prepare``."""
+def tile_bytes(model: CycleINR, padded: tuple[int, int, int], core: tuple[int, int, int]) -> int:
+    """Peak bytes of one tile before decoding: the encoder's (a residual block holds about four
+    feature maps and the latent) over the padded tile, or, after it, the padded latent plus
+    ``slice_query.prepare``'s latent, Q, K and V over the core and its one-voxel ring."""
     config = model.config
-    encoding = 4 * config.encoder_channels + config.latent_dim
-    prepared = 3 * config.latent_dim + 2 * config.attention_dim
-    return _FLOAT_BYTES * (max(encoding, prepared) + 2)
+    padded_voxels = int(np.prod(padded))
+    ring_voxels = (core[0] + 2) * (core[1] + 2) * (core[2] + 2)
+    encoding = padded_voxels * (4 * config.encoder_channels + config.latent_dim + 2)
+    prepared = padded_voxels * config.latent_dim + ring_voxels * (3 * config.latent_dim + 2 * config.attention_dim)
+    return _FLOAT_BYTES * max(encoding, prepared)
 
 
 def decoder_bytes_per_query(model: CycleINR) -> int:
@@ -96,7 +99,6 @@ def plan_tiles(model: CycleINR, shape: tuple[int, int, int], budget_bytes: int,
     if halo < 1:
         raise InputError("tile halo must be at least 1 voxel")
     overlap = max(1, int(overlap))
-    per_voxel = encoder_bytes_per_voxel(model)
     per_query = decoder_bytes_per_query(model)
     decode_voxels = int(min(_MAX_DECODE_VOXELS, max(4096, (budget_bytes // 4) // per_query)))
     encode_budget = budget_bytes - decode_voxels * per_query
@@ -115,7 +117,7 @@ def plan_tiles(model: CycleINR, shape: tuple[int, int, int], budget_bytes: int,
         for side in _even_splits(max(shape[1:]), overlap) | _even_splits(min(shape[1:]), overlap):
             candidate = (slice_core, min(side, shape[1]), min(side, shape[2]))
             padded = [min(c + 2 * halo, s) for c, s in zip(candidate, shape)]
-            if int(np.prod(padded)) * per_voxel > encode_budget:
+            if tile_bytes(model, tuple(padded), candidate) > encode_budget:
                 continue
             tiles = [axis_tiles(s, c, overlap) for s, c in zip(shape, candidate)]
             encoded = np.prod([sum(min(stop + halo, s) - max(start - halo, 0) for start, stop in axis)
