@@ -219,7 +219,7 @@ def run_bench(shape_xyz, scale: float, device: torch.device, loaded: LoadedModel
     with PeakHostMemory() as host:
         start = time.perf_counter()
         result = super_resolve(volume, spacing, scale=scale, model=loaded, device=str(device),
-                               memory_budget=budget, skip_below=skip_below)
+                               memory_budget=budget, skip_below=skip_below, progress=_tenths(report))
         _synchronise(device)
         engine_s = time.perf_counter() - start
     gpu_allocated = gpu_reserved = None
@@ -257,6 +257,18 @@ def run_bench(shape_xyz, scale: float, device: torch.device, loaded: LoadedModel
         host_peak=int(host.peak), host_growth=int(host.peak - host.before),
         gpu_peak_allocated=gpu_allocated, gpu_peak_reserved=gpu_reserved,
         load_average=tuple(os.getloadavg()) if hasattr(os, "getloadavg") else None, skip_below=skip_below)
+
+
+def _tenths(report):
+    """A progress callback that reports every 10 %, with the elapsed time."""
+    start, reported = time.perf_counter(), [0]
+
+    def update(fraction: float) -> None:
+        tenth = int(fraction * 10)
+        if tenth > reported[0]:
+            reported[0] = tenth
+            report(f"  {tenth * 10}% after {time.perf_counter() - start:.0f} s")
+    return update
 
 
 def _device_name(device: torch.device) -> str:
