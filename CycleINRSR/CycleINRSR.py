@@ -10,7 +10,6 @@ import os
 import queue
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import tempfile
@@ -35,8 +34,6 @@ if ENGINE_PARENT not in sys.path:
     sys.path.insert(0, ENGINE_PARENT)
 
 SCALE_MIN, SCALE_MAX = 1.1, 10.0
-BUNDLED_MODELS = {"gpu": "cycleinr_ct.safetensors", "cpu": "cycleinr_ct_cpu.safetensors"}  # cycleinr.weights
-MODEL_ENVIRONMENT_VARIABLE = "CYCLEINR_MODEL"
 WORKER_EXIT_MEMORY, WORKER_EXIT_CANCELLED = 3, 130
 FALLBACK_TILE_SIZES = (48, 24)
 # (import name, pip requirement) the worker process needs; torch comes through SlicerPyTorch.
@@ -421,38 +418,31 @@ class CycleINRSRLogic(ScriptedLoadableModuleLogic):
             return None
 
     # --- models --------------------------------------------------------------------------------
-    @staticmethod
-    def bundledModelPath(device="auto"):
-        """$CYCLEINR_MODEL, else the bundled weights (the CPU-sized ones when the CPU is forced)."""
-        override = os.environ.get(MODEL_ENVIRONMENT_VARIABLE)
-        if override:
-            return override
-        folder = os.path.join(ENGINE_PARENT, "cycleinr", "weights")
-        order = ("cpu", "gpu") if device == "cpu" else ("gpu", "cpu")
-        for kind in order:
-            path = os.path.join(folder, BUNDLED_MODELS[kind])
-            if os.path.exists(path):
-                return path
-        return None
+    def bundledModelPath(self, device="auto"):
+        """$CYCLEINR_MODEL, else the bundled weights for the device (CPU-sized ones on a CPU)."""
+        from cycleinr.bundled import default_model_path
+        from cycleinr.errors import ModelError
+
+        deviceType = "cuda" if device == "cuda" or (device == "auto" and self.gpuStatus()) else "cpu"
+        try:
+            return str(default_model_path(deviceType))
+        except ModelError:
+            return None
 
     def modelDescription(self, modelPath=None, device="auto"):
         """Name and trained scale range from a weights file's header (read without torch)."""
+        from cycleinr.bundled import read_description
+        from cycleinr.errors import ModelError
+
         path = modelPath or self.bundledModelPath(device)
         if not path:
             raise ValueError("No bundled model is installed: choose a model file (.safetensors)")
-        if not os.path.isfile(path):
-            raise ValueError(f"Model file not found: {path}")
         try:
-            with open(path, "rb") as handle:
-                (headerLength,) = struct.unpack("<Q", handle.read(8))
-                if headerLength > 100 << 20:
-                    raise ValueError("header too large")
-                header = json.loads(handle.read(headerLength))
-            description = json.loads(header["__metadata__"]["cycleinr"])
-            low, high = (float(v) for v in description["trained_scales"])
-        except (OSError, ValueError, KeyError, TypeError, struct.error):
-            raise ValueError(f"{os.path.basename(path)} is not a CycleINR model file") from None
-        return dict(name=str(description.get("name", "unnamed")), trained_scales=(low, high), path=path)
+            description = read_description(path)
+        except ModelError as error:
+            raise ValueError(str(error)) from None
+        return dict(name=str(description.get("name", "unnamed")),
+                    trained_scales=tuple(description["trained_scales"]), path=path)
 
     # --- dependencies, on first use ----------------------------------------------------------
     @staticmethod

@@ -130,7 +130,10 @@ class ModelInfo:
 
     @classmethod
     def from_json(cls, text: str) -> "ModelInfo":
-        data = json.loads(text)
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelInfo":
         if data.get("format") != "cycleinr-model/1":
             raise ValueError(f"not a CycleINR model description (format={data.get('format')!r})")
         low, high = data["trained_scales"]

@@ -13,14 +13,10 @@ from pathlib import Path
 
 import torch
 
+from .bundled import METADATA_KEY, default_model_path, read_description  # noqa: F401  (re-exported)
 from .config import ModelInfo
 from .errors import ModelError
 from .model import CycleINR, build_model
-
-METADATA_KEY = "cycleinr"
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-DEFAULT_MODELS = {"ct": "cycleinr_ct.safetensors", "ct-cpu": "cycleinr_ct_cpu.safetensors"}
-MODEL_ENV = "CYCLEINR_MODEL"
 
 
 @dataclass
@@ -57,22 +53,11 @@ def save_model(path: str | os.PathLike, network: CycleINR, info: ModelInfo,
 
 def read_model_info(path: str | os.PathLike) -> ModelInfo:
     """The description stored in a weights file, without loading its tensors."""
-    from safetensors import safe_open
-
-    path = Path(path)
+    description = read_description(path)
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-    except FileNotFoundError:
-        raise ModelError(f"model file not found: {path}") from None
-    except Exception as error:  # safetensors raises its own error types for bad headers
-        raise ModelError(f"{path.name} is not a readable safetensors weights file ({error})") from None
-    if METADATA_KEY not in metadata:
-        raise ModelError(f"{path.name} has no CycleINR description in its header: not a CycleINR model")
-    try:
-        return ModelInfo.from_json(metadata[METADATA_KEY])
+        return ModelInfo.from_dict(description)
     except (ValueError, KeyError, TypeError) as error:
-        raise ModelError(f"{path.name} has an invalid CycleINR description: {error}") from None
+        raise ModelError(f"{Path(path).name} has an invalid CycleINR description: {error}") from None
 
 
 def load_model(path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> LoadedModel:
@@ -104,20 +89,6 @@ def load_model(path: str | os.PathLike | None = None, device: str | torch.device
     network.load_state_dict({name: t.float() for name, t in tensors.items()})
     network.to(device).eval()
     return LoadedModel(network, info, path)
-
-
-def default_model_path(device_type: str = "cpu") -> Path:
-    """The bundled model for a device: $CYCLEINR_MODEL if set, else the first bundled file in
-    the device's order of preference (CPU-sized first on a CPU, paper-sized first on a GPU)."""
-    override = os.environ.get(MODEL_ENV)
-    if override:
-        return Path(override)
-    order = ("ct-cpu", "ct") if device_type == "cpu" else ("ct", "ct-cpu")
-    for kind in order:
-        path = WEIGHTS_DIR / DEFAULT_MODELS[kind]
-        if path.exists():
-            return path
-    raise ModelError(f"no bundled model in {WEIGHTS_DIR}; pass a model file (--model) or set {MODEL_ENV}")
 
 
 def describe(path: str | os.PathLike) -> str:
