@@ -103,7 +103,7 @@ def super_resolve(volume: np.ndarray, spacing: Sequence[float], scale: float | N
     source = np.moveaxis(volume, grid.slice_axis, 0)
     target = np.moveaxis(out, grid.slice_axis, 0)
     plan = plan_tiles(loaded.network, source.shape, budget,
-                      core=_tile_in_slice_order(tile_size, grid.slice_axis), halo=halo)
+                      core=_tile_in_slice_order(tile_size, grid.slice_axis), halo=halo, scale=grid.scale)
     upsample_slices(loaded.network, source, target, grid.scale,
                     intensity_map(source, loaded.info.normalisation), torch_device, plan,
                     progress=progress, cancel=cancel, skip_below=skip_below)

@@ -182,9 +182,9 @@ def resolve_bench_model(model: str | None, preset_name: str | None, device: torc
                                               "(speed does not depend on the weights)")
 
 
-def _encoded_voxels(network, shape: tuple[int, int, int], budget: int) -> tuple[float, tuple, int]:
+def _encoded_voxels(network, shape: tuple[int, int, int], budget: int, scale: float) -> tuple[float, tuple, int]:
     """Voxels the encoder actually processes (halos included) under the engine's own tile plan."""
-    plan = plan_tiles(network, shape, budget)
+    plan = plan_tiles(network, shape, budget, scale=scale)
     total = 1.0
     for length, core in zip(shape, plan.core):
         tiles = axis_tiles(length, core, plan.overlap)
@@ -202,7 +202,7 @@ def run_bench(shape_xyz, scale: float, device: torch.device, loaded: LoadedModel
     network = loaded.network
     budget = int(memory_budget) if memory_budget else default_memory_budget(device)
     source_shape = tuple(np.moveaxis(np.empty(volume.shape, dtype=np.uint8), grid.slice_axis, 0).shape)
-    encoded, core, halo = _encoded_voxels(network, source_shape, budget)
+    encoded, core, halo = _encoded_voxels(network, source_shape, budget, grid.scale)
 
     use_half = device.type == "cuda"
     matmul_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if use_half else torch.float32
