@@ -17,7 +17,9 @@ three exact identities, so that per output voxel only the unavoidable work remai
    an output slice, so they fold into a per-slice bias of the first and the skip layer:
    no coordinate tensor, no concatenation of them.
 
-Results match ``query`` to float32 round-off (tested at 1e-4 relative).
+Results match ``query`` to float32 round-off (tested at 1e-4 relative). Optionally (the
+``background`` of ``prepare``) voxels whose 27 LR neighbours are all background get linear
+interpolation instead, and only the other pixels of a group go through attention and decoder.
 """
 from __future__ import annotations
 
