@@ -237,8 +237,8 @@ def test_console_errors_are_one_line_and_change_nothing(scene, tiny_model_file, 
     not_a_model.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}      ")
     cases = [(dict(scale=0.5, model=tiny_model_file), "greater than 1"),
              (dict(scale=2.0, outputVolumeNode=head, model=tiny_model_file), "must not be the input"),
-             (dict(scale=2.0, model=str(not_a_model)), "not a CycleINR model file"),
-             (dict(scale=2.0, model=str(tmp_path / "missing.safetensors")), "Model file not found"),
+             (dict(scale=2.0, model=str(not_a_model)), "not a readable safetensors weights file"),
+             (dict(scale=2.0, model=str(tmp_path / "missing.safetensors")), "model file not found"),
              (dict(scale=2.0, targetSpacing=1.0, model=tiny_model_file), "exactly one")]
     for options, expected in cases:
         with pytest.raises(ValueError, match=expected) as caught:
