@@ -89,8 +89,8 @@ def test_panel_keeps_scale_and_spacing_in_step_and_in_the_parameter_node(scene, 
     ui, parameters = widget.ui, widget._parameterNode
     assert ui.inputSelector.currentNode() is head  # first volume picked for the user
     assert ui.outputSelector.currentNode() is None and ui.outputSelector.comboBox().currentText() == "Create new volume"
-    assert not ui.applyButton.enabled  # no bundled model yet and none chosen
-    assert "No bundled model" in ui.modelInfoLabel.text
+    assert ui.applyButton.enabled  # the bundled model is picked when none is chosen
+    assert "cycleinr_ct_cpu" in ui.modelInfoLabel.text
 
     ui.modelPathLineEdit.currentPath = tiny_model_file
     assert parameters.modelPath == tiny_model_file
