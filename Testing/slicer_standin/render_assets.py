@@ -3,8 +3,7 @@
     .venv/bin/python Testing/slicer_standin/render_assets.py
 
 Screenshots are the real CycleINRSR panel (its .ui and Widget code) in the stand-in, on the
-committed chest CT crop, with an UNTRAINED tiny model file (saved to a temporary folder) so the
-panel has a model to describe; the model name shown says so.
+committed chest CT crop, with the bundled CPU-sized CT model.
 """
 import os
 import sys
@@ -74,21 +73,14 @@ def render_panel(model_path, idle_path, running_path):
 
 
 def main():
-    import torch
-    from cycleinr import ModelInfo, build_model, preset, save_model
-
     resources = os.path.join(REPO, "Resources")
     draw_icon(os.path.join(resources, "Icons", "CycleINR.png"))
     draw_icon(os.path.join(REPO, "CycleINRSR", "Resources", "Icons", "CycleINRSR.png"))
     draw_icon(os.path.join(REPO, "CycleINRTraining", "Resources", "Icons", "CycleINRTraining.png"), accent="#d4862a")
-    torch.manual_seed(0)
-    network = build_model(preset("tiny")).eval()
-    with tempfile.TemporaryDirectory() as folder:
-        model = save_model(os.path.join(folder, "untrained_tiny_demo.safetensors"), network,
-                           ModelInfo(config=network.config, name="untrained tiny (screenshot only)"))
-        render_panel(str(model), os.path.join(resources, "Screenshots", "CycleINRSR_panel.png"),
-                     os.path.join(resources, "Screenshots", "CycleINRSR_running.png"))
+    from cycleinr.bundled import default_model_path
 
+    render_panel(str(default_model_path("cpu")), os.path.join(resources, "Screenshots", "CycleINRSR_panel.png"),
+                 os.path.join(resources, "Screenshots", "CycleINRSR_running.png"))
 
 if __name__ == "__main__":
     main()
