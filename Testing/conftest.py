@@ -43,3 +43,13 @@ def tiny_model():
     torch.manual_seed(0)
     network = build_model(preset("tiny")).eval()
     return LoadedModel(network, ModelInfo(config=network.config, name="tiny-untrained-test"), None)
+
+
+@pytest.fixture
+def one_thread():
+    """Training tests run with one torch thread: steady timings on a shared 2-core machine."""
+    import torch
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

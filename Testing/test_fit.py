@@ -16,12 +16,7 @@ from cycleinr.weights import load_model, save_model
 SMALL = dict(batch_size=1, lr_slices=3, patch=16, device="cpu")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -16,12 +16,7 @@ from cycleinr.pairs import PairSampler
 from cycleinr.train import TrainOptions, cycle_loss_terms, load_training_volumes, train
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_options(output, **changes) -> TrainOptions:
