@@ -27,8 +27,7 @@ import torch
 from .errors import Cancelled, InputError, ResourceError
 from .geometry import output_positions
 from .cost import attention_macs_per_output_voxel, decoder_macs_per_output_voxel, encoder_macs_per_voxel
-from .model import CycleINR
-from .model import _interpolate_slices as interpolate_slices
+from .model import CycleINR, interpolate_slices
 from .slice_query import prepare, query_slices
 from .normalise import IntensityMap, cast_to_dtype
 

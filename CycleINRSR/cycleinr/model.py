@@ -73,7 +73,7 @@ class Decoder(nn.Module):
         return hidden
 
 
-def _interpolate_slices(grid: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+def interpolate_slices(grid: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """Linear interpolation of a (B, C, S, H, W) grid at fractional slice positions -> (B, C, T, H, W)."""
     slices = grid.shape[2]
     lower = positions.floor().clamp(0, slices - 1)
@@ -110,7 +110,7 @@ class CycleINR(nn.Module):
     def sample_latent(self, latent: torch.Tensor, positions: torch.Tensor,
                       keys_values: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """Latent at each query (B, T, H, W, L): trilinear z^, refined by attention over 27 LR latents."""
-        trilinear = _interpolate_slices(latent, positions).permute(0, 2, 3, 4, 1)
+        trilinear = interpolate_slices(latent, positions).permute(0, 2, 3, 4, 1)
         if not self.config.attention:
             return trilinear
         keys, values = keys_values if keys_values is not None else self.keys_values(latent)
@@ -152,7 +152,7 @@ class CycleINR(nn.Module):
         coords[..., 1] = math.log(query_spacing)
         decoded = self.decoder(torch.cat([sampled, coords], dim=-1)).squeeze(-1).unsqueeze(1)
         if self.config.predict_residual:
-            decoded = decoded + _interpolate_slices(volume, positions).to(decoded.dtype)
+            decoded = decoded + interpolate_slices(volume, positions).to(decoded.dtype)
         return decoded
 
     def forward(self, volume: torch.Tensor, positions: torch.Tensor, query_spacing: float) -> torch.Tensor:
