@@ -194,3 +194,18 @@ def test_console_script_reports_one_line(tmp_path):
                            str(tmp_path / "o.nii"), "--scale", "2"], capture_output=True, text=True, env=env)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [f"cycleinr: error: input not found: {tmp_path / 'nope.nii'}"]
+
+
+def test_skip_below_option_reaches_the_engine(tmp_path, thick_ct, model_file):
+    """Above every voxel everything is skipped: the output is linear interpolation, not the network's."""
+    from cycleinr.baselines import interpolate_image
+
+    plain, skipped = tmp_path / "plain.nii.gz", tmp_path / "skipped.nii.gz"
+    common = ["--scale", "2", "--model", model_file, "--device", "cpu"]
+    assert main(["super-resolve", str(thick_ct), str(plain)] + common) == 0
+    assert main(["super-resolve", str(thick_ct), str(skipped), "--skip-below", "5000"] + common) == 0
+    linear = sitk.GetArrayFromImage(interpolate_image(sitk.ReadImage(str(thick_ct)), scale=2)).astype(int)
+    skipped_values = sitk.GetArrayFromImage(sitk.ReadImage(str(skipped))).astype(int)
+    plain_values = sitk.GetArrayFromImage(sitk.ReadImage(str(plain))).astype(int)
+    assert np.abs(skipped_values - linear).max() <= 1
+    assert np.abs(plain_values - linear).max() > 1

@@ -28,6 +28,9 @@ def add_arguments(parser) -> None:
                         help="tile core size in voxels (1 or 3 values, array order k j i)")
     parser.add_argument("--halo", type=int, help="context voxels around each tile "
                                                  "(default: the model's receptive radius: exact)")
+    parser.add_argument("--skip-below", type=float, metavar="VALUE",
+                        help="interpolate instead of running the network where every LR neighbour is below "
+                             "VALUE in input units (e.g. -900 HU: air); off by default")
     parser.add_argument("--format", default=".nii.gz", choices=[".nii.gz", ".nii", ".nrrd", ".mha"],
                         help="output format in batch mode")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -54,7 +57,7 @@ def run(args) -> int:
     source, target = Path(args.input), Path(args.output)
     options = dict(scale=args.scale, target_spacing=args.spacing, slice_axis=args.axis,
                    model=args.model, device=_device_for_rank(args.device), overwrite=args.overwrite,
-                   tile_size=args.tile_size, halo=args.halo)
+                   tile_size=args.tile_size, halo=args.halo, skip_below=args.skip_below)
     show = not args.no_progress and sys.stderr.isatty()
     if not source.is_dir() or _is_dicom_folder(source):
         with warnings.catch_warnings(record=True) as caught:
