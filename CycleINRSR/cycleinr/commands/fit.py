@@ -5,15 +5,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from . import add_scale_arguments
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("input", help="volume file (.nii/.nii.gz/.nrrd/.mha/.mhd) or DICOM series folder")
     parser.add_argument("output", help="output file (.nii/.nii.gz/.nrrd/.mha)")
-    amount = parser.add_mutually_exclusive_group(required=True)
-    amount.add_argument("--scale", type=float, help="upsampling factor r > 1 (e.g. 5, 2.5)")
-    amount.add_argument("--spacing", type=float, help="target slice spacing in mm")
-    parser.add_argument("--axis", choices=["I", "J", "K", "i", "j", "k"],
-                        help="slice axis as an image index letter (default: the coarsest spacing)")
+    add_scale_arguments(parser)
     parser.add_argument("--model", help="weights to start from (default: the bundled model)")
     parser.add_argument("--minutes", type=float, default=2.0, help="fine-tuning time limit (default 2)")
     parser.add_argument("--steps", type=int, help="stop after this many steps if sooner")

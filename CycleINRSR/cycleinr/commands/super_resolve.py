@@ -10,16 +10,14 @@ import sys
 import warnings
 from pathlib import Path
 
+from . import add_scale_arguments
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("input", help="volume file (.nii/.nii.gz/.nrrd/.mha/.mhd), DICOM series folder, "
                                       "or a folder of these (batch)")
     parser.add_argument("output", help="output file (.nii/.nii.gz/.nrrd/.mha), or a folder in batch mode")
-    amount = parser.add_mutually_exclusive_group(required=True)
-    amount.add_argument("--scale", type=float, help="upsampling factor r > 1 (e.g. 5, 2.5)")
-    amount.add_argument("--spacing", type=float, help="target slice spacing in mm")
-    parser.add_argument("--axis", choices=["I", "J", "K", "i", "j", "k"],
-                        help="slice axis as an image index letter (default: the coarsest spacing)")
+    add_scale_arguments(parser)
     parser.add_argument("--model", help="weights file (.safetensors); default: the bundled model "
                                         "(its CPU-sized variant on a CPU)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
