@@ -45,6 +45,8 @@ def test_bench_command_prints_the_table_and_writes_json(tmp_path, capsys):
         assert label in printed
     figures = json.loads(target.read_text())
     assert figures["output_shape_xyz"] == [24, 20, 13]
+    # output slices 0, 5 and 10 lie on input slices 0, 2, 4: copied, so not in the floor's count
+    assert figures["copied_slices"] == 3 and "3 of 13 output slices" in printed
     assert figures["engine_s"] > 0 and figures["sitk_linear_s"] > 0 and figures["sitk_bspline_s"] > 0
     assert figures["floor_s"] == pytest.approx(figures["flops_ideal"] / figures["matmul_flops_per_s"])
     assert figures["engine_over_floor"] == pytest.approx(figures["engine_s"] / figures["floor_s"])

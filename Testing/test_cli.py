@@ -209,3 +209,17 @@ def test_skip_below_option_reaches_the_engine(tmp_path, thick_ct, model_file):
     plain_values = sitk.GetArrayFromImage(sitk.ReadImage(str(plain))).astype(int)
     assert np.abs(skipped_values - linear).max() <= 1
     assert np.abs(plain_values - linear).max() > 1
+
+
+def test_keep_acquired_is_the_default_and_can_be_turned_off(tmp_path, thick_ct, model_file):
+    kept, regenerated = tmp_path / "kept.nii.gz", tmp_path / "regenerated.nii.gz"
+    common = ["--scale", "2", "--model", model_file, "--device", "cpu"]
+    assert main(["super-resolve", str(thick_ct), str(kept)] + common) == 0
+    assert main(["super-resolve", str(thick_ct), str(regenerated), "--no-keep-acquired"] + common) == 0
+    source = sitk.GetArrayFromImage(sitk.ReadImage(str(thick_ct)))
+    kept_values = sitk.GetArrayFromImage(sitk.ReadImage(str(kept)))
+    regenerated_values = sitk.GetArrayFromImage(sitk.ReadImage(str(regenerated)))
+    axis = int(np.argmax(sitk.ReadImage(str(thick_ct)).GetSpacing()[::-1]))
+    take = lambda values, step: np.take(values, np.arange(0, values.shape[axis], step), axis=axis)
+    assert np.array_equal(take(kept_values, 2), source)
+    assert not np.array_equal(take(regenerated_values, 2), source)

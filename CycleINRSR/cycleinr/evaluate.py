@@ -147,13 +147,15 @@ def cycleinr_method(model=None, device: str = "auto", **options) -> Method:
 
 
 def method_from_spec(spec: str, device: str = "auto") -> tuple[str, Method]:
-    """'trilinear', 'cubic', 'nearest', 'cycleinr' (bundled model) or 'cycleinr=PATH'."""
+    """'trilinear', 'cubic', 'nearest', 'cycleinr' (bundled model) or 'cycleinr=PATH';
+    'cycleinr-regenerate[=PATH]' lets the network regenerate the acquired slices too."""
     name, _, model = spec.partition("=")
     if name in INTERPOLATIONS and not model:
         return name, interpolation_method(name)
-    if name == "cycleinr":
-        return spec, cycleinr_method(model or None, device)
-    raise InputError(f"unknown method {spec!r}; use trilinear, cubic, nearest, cycleinr or cycleinr=MODEL")
+    if name in ("cycleinr", "cycleinr-regenerate"):
+        return spec, cycleinr_method(model or None, device, keep_acquired=name == "cycleinr")
+    raise InputError(f"unknown method {spec!r}; use trilinear, cubic, nearest, cycleinr[=MODEL] "
+                     "or cycleinr-regenerate[=MODEL]")
 
 
 # scoring ---------------------------------------------------------------------------------------

@@ -70,6 +70,16 @@ def output_positions(input_slices: int, scale: float) -> np.ndarray:
     return np.minimum(np.arange(count, dtype=np.float64) / scale, input_slices - 1)
 
 
+def acquired_slices(positions: np.ndarray) -> np.ndarray:
+    """For each output slice, the input slice it coincides with, or -1.
+
+    With r = p / q every q-th output slice lies exactly on an input slice (all of them for an
+    integer r); those are the acquired slices that ``keep_acquired`` passes through unchanged.
+    """
+    nearest = np.rint(positions)
+    return np.where(np.abs(positions - nearest) < _EPS, nearest, -1).astype(np.int64)
+
+
 @dataclass(frozen=True)
 class OutputGrid:
     """The output volume's shape and spacing for one job."""

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .errors import Cancelled, InputError, ResourceError
-from .geometry import output_positions
+from .geometry import acquired_slices, output_positions
 from .cost import attention_macs_per_output_voxel, decoder_macs_per_output_voxel, encoder_macs_per_voxel
 from .model import CycleINR, interpolate_slices
 from .slice_query import prepare, query_slices
@@ -181,13 +181,16 @@ def _as_cancel_check(cancel) -> CancelCheck:
 def upsample_slices(model: CycleINR, volume: np.ndarray, out: np.ndarray, scale: float,
                     intensities: IntensityMap, device: torch.device, plan: TilePlan,
                     progress: ProgressCallback | None = None, cancel=None,
-                    mixed_precision: bool = True, skip_below: float | None = None) -> None:
+                    mixed_precision: bool = True, skip_below: float | None = None,
+                    keep_acquired: bool = True) -> None:
     """Fill ``out`` (slice axis first, output dtype) from ``volume`` (slice axis first).
 
     Both may be views with any strides; ``volume`` is only read. ``skip_below`` (input units,
     e.g. -900 HU; off by default): output voxels whose 27 LR neighbours all lie below it get
     linear interpolation without running the network; tiles that are all background skip the
-    encoder too.
+    encoder too. ``keep_acquired`` (default): output slices that lie exactly on an input slice
+    are that slice, bit for bit, and are not decoded (the cycle constraint of the paper's Eq. 7
+    made exact where the grids meet); off, the network regenerates them too.
     """
     should_stop = _as_cancel_check(cancel)
     background = None if skip_below is None else float(intensities.forward(np.array([skip_below]))[0])
@@ -195,6 +198,8 @@ def upsample_slices(model: CycleINR, volume: np.ndarray, out: np.ndarray, scale:
     positions = output_positions(slices, scale)
     if out.shape != (len(positions), rows, cols):
         raise InputError(f"output array has shape {out.shape}, expected {(len(positions), rows, cols)}")
+    acquired = acquired_slices(positions) if keep_acquired else np.full(len(positions), -1)
+    copied = acquired >= 0
     halo = plan.halo
     slab_tiles = axis_tiles(slices, plan.core[0], plan.overlap)
     row_tiles = axis_tiles(rows, plan.core[1], plan.overlap)
@@ -212,7 +217,8 @@ def upsample_slices(model: CycleINR, volume: np.ndarray, out: np.ndarray, scale:
     if halo >= model.config.receptive_radius:
         _write_owned_parts(model, volume, out, positions, scale, intensities, device, plan,
                            (slab_tiles, row_tiles, col_tiles), slab_ranges, progress, should_stop,
-                           (use_autocast, autocast_dtype), background)
+                           (use_autocast, autocast_dtype), background, copied)
+        _copy_acquired(volume, out, acquired)
         return
     slice_weight_sum = np.zeros(len(positions))
     for (start, stop), (first, last) in zip(slab_tiles, slab_ranges):
@@ -250,7 +256,8 @@ def upsample_slices(model: CycleINR, volume: np.ndarray, out: np.ndarray, scale:
                 tile = _run_tile(model, volume, intensities, device, plan,
                                  (in_start, in_stop), (row_start, row_stop), (col_start, col_stop),
                                  positions[first:last + 1] - in_start, scale,
-                                 use_autocast, autocast_dtype, should_stop, background)
+                                 use_autocast, autocast_dtype, should_stop, background,
+                                 copied[first:last + 1])
                 weights = (slice_weights[:, None, None]
                            * gaussian_weight(np.arange(row_start, row_stop, dtype=float), row_start,
                                              row_stop - 1, len(row_tiles) == 1).astype(np.float32)[None, :, None]
@@ -276,8 +283,16 @@ def upsample_slices(model: CycleINR, volume: np.ndarray, out: np.ndarray, scale:
                                                                              out.dtype)
             buffer = buffer[count:].copy()
             buffer_start = final_stop
+    _copy_acquired(volume, out, acquired)
     if progress is not None:
         progress(1.0)
+
+
+def _copy_acquired(volume: np.ndarray, out: np.ndarray, acquired: np.ndarray) -> None:
+    """Acquired slices straight from the input, in its own values (no normalise round trip)."""
+    for output_index in np.flatnonzero(acquired >= 0):
+        source = volume[acquired[output_index]]
+        out[output_index] = source if out.dtype == volume.dtype else cast_to_dtype(source, out.dtype)
 
 
 def _owned_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -290,7 +305,8 @@ def _owned_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
 
 def _write_owned_parts(model: CycleINR, volume: np.ndarray, out: np.ndarray, positions: np.ndarray,
                        scale: float, intensities: IntensityMap, device: torch.device, plan: TilePlan,
-                       tiles, slab_ranges, progress, should_stop: CancelCheck, autocast, background) -> None:
+                       tiles, slab_ranges, progress, should_stop: CancelCheck, autocast, background,
+                       copied: np.ndarray) -> None:
     """Exact halo: tiles agree wherever they overlap, so nothing needs blending. Each tile
     computes only the voxels it owns and writes them straight into ``out`` in its dtype: no
     float32 output buffer (for a 512x512x64 CT at x5 that buffer alone was 330 MB)."""
@@ -310,7 +326,7 @@ def _write_owned_parts(model: CycleINR, volume: np.ndarray, out: np.ndarray, pos
                     raise Cancelled("cancelled by the user")
                 tile = _run_tile(model, volume, intensities, device, plan, (in_start, in_stop), row_range,
                                  col_range, positions[first:stop] - in_start, scale, *autocast,
-                                 should_stop, background)
+                                 should_stop, background, copied[first:stop])
                 out[first:stop, row_range[0]:row_range[1], col_range[0]:col_range[1]] = cast_to_dtype(
                     intensities.inverse(tile), out.dtype)
                 done += tile.size
@@ -323,8 +339,9 @@ def _write_owned_parts(model: CycleINR, volume: np.ndarray, out: np.ndarray, pos
 def _run_tile(model: CycleINR, volume: np.ndarray, intensities: IntensityMap, device: torch.device,
               plan: TilePlan, slice_range, row_range, col_range, local_positions: np.ndarray,
               scale: float, use_autocast: bool, autocast_dtype, should_stop: CancelCheck,
-              background: float | None = None) -> np.ndarray:
-    """Encode one tile with its halo and decode the output slices of its core."""
+              background: float | None = None, copied: np.ndarray | None = None) -> np.ndarray:
+    """Encode one tile with its halo and decode the output slices of its core; slices marked
+    ``copied`` lie on an input slice and take its (normalised) values without decoding."""
     _, rows, cols = volume.shape
     halo = plan.halo
     row_in = (max(0, row_range[0] - halo), min(rows, row_range[1] + halo))
@@ -353,13 +370,18 @@ def _run_tile(model: CycleINR, volume: np.ndarray, intensities: IntensityMap, de
         per_slice = (row_range[1] - row_range[0]) * (col_range[1] - col_range[0])
         chunk = max(4, plan.decode_voxels // per_slice)
         query_spacing = 1.0 / scale
-        for start in range(0, len(local_positions), chunk):
+        decoded = np.arange(len(local_positions)) if copied is None else np.flatnonzero(~copied)
+        for start in range(0, len(decoded), chunk):
             if should_stop():
                 raise Cancelled("cancelled by the user")
-            values = query_slices(model, prepared, local_positions[start:start + chunk], query_spacing,
+            rows_out = decoded[start:start + chunk]
+            values = query_slices(model, prepared, local_positions[rows_out], query_spacing,
                                   window=window, max_voxels=plan.decode_voxels)
             values = values[0, 0].float()
             if intensities.clip:
                 values = values.clamp_(0, 1)
-            result[start:start + chunk] = values.cpu().numpy()
+            result[rows_out] = values.cpu().numpy()
+    if copied is not None and copied.any():
+        inputs = np.rint(local_positions[copied]).astype(np.int64)
+        result[copied] = queried[0, 0, inputs, row_keep, col_keep].float().cpu().numpy()
     return result

@@ -5,6 +5,7 @@ under ``torchrun`` the files are shared out across the ranks, one GPU each.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import warnings
@@ -29,6 +30,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--skip-below", type=float, metavar="VALUE",
                         help="interpolate instead of running the network where every LR neighbour is below "
                              "VALUE in input units (e.g. -900 HU: air); off by default")
+    parser.add_argument("--keep-acquired", action=argparse.BooleanOptionalAction, default=True,
+                        help="output slices that lie exactly on an input slice are the input slice, "
+                             "unchanged (default); --no-keep-acquired lets the network regenerate them")
     parser.add_argument("--format", default=".nii.gz", choices=[".nii.gz", ".nii", ".nrrd", ".mha"],
                         help="output format in batch mode")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -55,7 +59,8 @@ def run(args) -> int:
     source, target = Path(args.input), Path(args.output)
     options = dict(scale=args.scale, target_spacing=args.spacing, slice_axis=args.axis,
                    model=args.model, device=_device_for_rank(args.device), overwrite=args.overwrite,
-                   tile_size=args.tile_size, halo=args.halo, skip_below=args.skip_below)
+                   tile_size=args.tile_size, halo=args.halo, skip_below=args.skip_below,
+                   keep_acquired=args.keep_acquired)
     show = not args.no_progress and sys.stderr.isatty()
     if not source.is_dir() or _is_dicom_folder(source):
         with warnings.catch_warnings(record=True) as caught:
