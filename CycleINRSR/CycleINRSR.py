@@ -77,6 +77,7 @@ class CycleINRSRParameterNode:
     modelPath: str = ""
     sliceAxis: Annotated[str, Choice(["auto", "I", "J", "K"])] = "auto"
     tileSize: Annotated[int, WithinRange(0, 512)] = 0
+    keepAcquired: bool = True
 
 
 #
@@ -286,7 +287,7 @@ class CycleINRSRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._job = self.logic.superResolve(
                 p.inputVolume, scale=p.scale, outputVolumeNode=p.outputVolume, device=p.device,
                 model=p.modelPath or None, sliceAxis=self._sliceAxisOption(),
-                tileSize=p.tileSize or None, waitForCompletion=False,
+                tileSize=p.tileSize or None, keepAcquired=p.keepAcquired, waitForCompletion=False,
                 progress=self.onJobProgress, completed=self.onJobCompleted, status=self.onJobStatus)
         except Exception as error:  # noqa: BLE001 - shown to the user as one line, logged in full
             self._job = None
@@ -491,11 +492,12 @@ class CycleINRSRLogic(ScriptedLoadableModuleLogic):
     # --- the job -----------------------------------------------------------------------------
     def superResolve(self, inputVolumeNode, scale=None, targetSpacing=None, outputVolumeNode=None,
                      device="auto", model=None, progress=None, sliceAxis=None, tileSize=None,
-                     waitForCompletion=True, completed=None, status=None, showResult=True):
+                     keepAcquired=True, waitForCompletion=True, completed=None, status=None, showResult=True):
         """Super-resolve ``inputVolumeNode`` along its slice axis; returns the output volume node.
 
         Give ``scale`` (r > 1) or ``targetSpacing`` (mm). ``outputVolumeNode`` None creates a new
         node named after the input and the scale. ``progress(fraction)`` is called as work goes on.
+        ``keepAcquired`` (default True): output slices lying on input slices are copied unchanged.
         With ``waitForCompletion=False`` a running SuperResolveJob is returned instead (its QTimer
         polls the worker; ``completed(job)`` is called at the end).
         """
@@ -507,7 +509,7 @@ class CycleINRSRLogic(ScriptedLoadableModuleLogic):
         modelPath = model or self.bundledModelPath(device)
         self.modelDescription(modelPath, device)  # fail now, with a clear message, on a bad file
         job = SuperResolveJob(self, inputVolumeNode, outputVolumeNode, grid, dict(
-            device=device, model=modelPath, sliceAxis=sliceAxis, tileSize=tileSize),
+            device=device, model=modelPath, sliceAxis=sliceAxis, tileSize=tileSize, keepAcquired=keepAcquired),
             progress=progress, completed=completed, status=status, showResult=showResult)
         job.start(useTimer=not waitForCompletion)
         if not waitForCompletion:
@@ -625,6 +627,8 @@ class SuperResolveJob:
             command += ["--axis", self.options["sliceAxis"]]
         if self.options.get("tileSize"):
             command += ["--tile-size", str(int(self.options["tileSize"]))]
+        if not self.options.get("keepAcquired", True):
+            command += ["--no-keep-acquired"]
         return command
 
     def _launch(self):

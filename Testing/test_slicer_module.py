@@ -111,6 +111,9 @@ def test_panel_keeps_scale_and_spacing_in_step_and_in_the_parameter_node(scene, 
     ui.deviceComboBox.currentIndex = ui.deviceComboBox.findText("cpu")
     ui.sliceAxisComboBox.currentIndex = ui.sliceAxisComboBox.findText("J")
     ui.tileSizeSpinBox.value = 32
+    assert ui.keepAcquiredCheckBox.checked and parameters.keepAcquired
+    ui.keepAcquiredCheckBox.checked = False
+    assert parameters.keepAcquired is False
     node = parameters.parameterNode  # what is saved with the scene
     assert node.GetParameter("device") == "cpu" and node.GetParameter("sliceAxis") == "J"
     assert node.GetParameter("tileSize") == "32" and float(node.GetParameter("scale")) == pytest.approx(10.0)
@@ -226,6 +229,11 @@ def test_console_super_resolve_returns_node_and_reports_progress(scene, tiny_mod
     target = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "mine")
     again = module.CycleINRSRLogic().superResolve(head, scale=2.0, outputVolumeNode=target, model=tiny_model_file)
     assert again is target and slicer.util.arrayFromVolume(target).shape == (95, 96, 96)
+    # acquired slices come through unchanged by default; the network regenerates them when asked
+    source = slicer.util.arrayFromVolume(head)
+    assert np.array_equal(slicer.util.arrayFromVolume(target)[::2], source)
+    regenerated = module.CycleINRSRLogic().superResolve(head, scale=2.0, model=tiny_model_file, keepAcquired=False)
+    assert not np.array_equal(slicer.util.arrayFromVolume(regenerated)[::2], source)
 
 
 def test_console_errors_are_one_line_and_change_nothing(scene, tiny_model_file, tmp_path):

@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     parser.add_argument("--tile-size", type=int, help="tile core size in voxels along every axis")
     parser.add_argument("--threads", type=int, help="CPU threads for torch")
+    parser.add_argument("--keep-acquired", action=argparse.BooleanOptionalAction, default=True,
+                        help="copy output slices that lie on input slices unchanged (default)")
     parser.add_argument("--overwrite", action="store_true")
     return parser
 
@@ -87,7 +89,7 @@ def run(args, stream=sys.stdout, stop: threading.Event | None = None) -> int:
         torch.set_num_threads(max(1, args.threads))
     options = dict(scale=args.scale, target_spacing=args.spacing, slice_axis=args.axis,
                    model=args.model, device=args.device, overwrite=args.overwrite,
-                   tile_size=[args.tile_size] if args.tile_size else None)
+                   tile_size=[args.tile_size] if args.tile_size else None, keep_acquired=args.keep_acquired)
     progress = ProgressPrinter(stream)
     try:
         with warnings.catch_warnings(record=True) as caught:
