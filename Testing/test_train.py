@@ -219,3 +219,17 @@ def test_training_reads_dicom_series_and_folders(shared_data, tmp_path):
     folder.mkdir()
     (folder / HEAD_CT.name).symlink_to(HEAD_CT)
     assert [v.name for v in load_training_volumes([str(folder)], "ct", 1.6)] == [HEAD_CT.name]
+
+
+def test_fine_tuning_to_another_modality_stores_that_normalisation(tmp_path):
+    """A CT model fine-tuned on MR with modality 'mr' saves the MR percentile rule it trained with;
+    without a modality the init model's rule is kept."""
+    from cycleinr.config import CT_NORMALISATION, MR_NORMALISATION
+    from cycleinr.weights import load_model
+
+    base = train(tiny_options(tmp_path / "ct", steps=1), log=quiet)
+    assert load_model(base, "cpu").info.normalisation == CT_NORMALISATION
+    mr = train(tiny_options(tmp_path / "mr", steps=1, init_model=str(base), modality="mr"), log=quiet)
+    assert load_model(mr, "cpu").info.normalisation == MR_NORMALISATION
+    kept = train(tiny_options(tmp_path / "again", steps=1, init_model=str(mr)), log=quiet)
+    assert load_model(kept, "cpu").info.normalisation == MR_NORMALISATION

@@ -21,6 +21,7 @@ import csv
 import json
 import os
 import time
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import CT_NORMALISATION, MR_NORMALISATION, ModelInfo, preset
+from .config import CT_NORMALISATION, MR_NORMALISATION, ModelInfo, Normalisation, preset
 from .errors import Cancelled, InputError
 from .model import CycleINR, build_model
 from .normalise import intensity_map
@@ -51,7 +52,7 @@ class TrainOptions:
     init_model: str | None = None       # start from these weights (fine-tuning)
     attention: bool = True              # False: the LAM ablation
     cycle_weight: float = 1.0           # lambda; 0 = --no-cycle ablation
-    modality: str = "ct"                # intensity normalisation: ct window or mr percentiles
+    modality: str | None = None         # ct window or mr percentiles; None: the --init model's, else ct
     fine_spacing: float = 1.6           # axes at or below this spacing (mm) are learned from
     degrade: tuple[str, ...] = ("interval", "slab")
     steps: int = 1000                   # total optimisation steps
@@ -69,7 +70,15 @@ class TrainOptions:
     half_precision_weights: bool = False
 
 
-def load_training_volumes(paths: list[str], modality: str, fine_spacing: float) -> list[TrainingVolume]:
+def modality_normalisation(modality: str) -> Normalisation:
+    if modality not in ("ct", "mr"):
+        raise InputError(f"modality must be ct or mr, got {modality!r}")
+    return CT_NORMALISATION if modality == "ct" else MR_NORMALISATION
+
+
+def load_training_volumes(paths: list[str], modality: str | Normalisation,
+                          fine_spacing: float) -> list[TrainingVolume]:
+    """Read the volumes and their intensity maps under the model's normalisation (or a modality's)."""
     from .jobs import list_inputs
     from .volumes import read_image
     import SimpleITK as sitk
@@ -83,7 +92,7 @@ def load_training_volumes(paths: list[str], modality: str, fine_spacing: float) 
             files.append(path)
     if not files:
         raise InputError("no training volumes given")
-    rule = CT_NORMALISATION if modality == "ct" else MR_NORMALISATION
+    rule = modality if isinstance(modality, Normalisation) else modality_normalisation(modality)
     volumes = []
     for path in files:
         image = read_image(path)
@@ -172,7 +181,7 @@ def train(options: TrainOptions, progress: Callable[[float], None] | None = None
     network.to(torch_device).train()
     optimiser = torch.optim.Adam(network.parameters(), lr=options.lr)
 
-    volumes = load_training_volumes(options.data, options.modality, options.fine_spacing)
+    volumes = load_training_volumes(options.data, info.normalisation, options.fine_spacing)
     if rank == 0 and options.validation:
         from .validation import load_validation_volume
         for path in options.validation:  # fail now, not after the first epoch
@@ -249,17 +258,23 @@ def train(options: TrainOptions, progress: Callable[[float], None] | None = None
 
 
 def _initial_network(options: TrainOptions) -> tuple[CycleINR, ModelInfo]:
-    """A fresh network of the preset (attention off for the ablation), or the given weights."""
+    """A fresh network of the preset (attention off for the ablation), or the given weights.
+
+    Fine-tuning keeps the init model's intensity normalisation unless a modality is named: a CT
+    model fine-tuned with modality "mr" learns (and stores) the MR percentile normalisation, so
+    the saved model always describes the intensities it was trained on."""
     if options.init_model:
         loaded = load_model(options.init_model, "cpu")
         if not options.attention and loaded.network.config.attention:
             raise InputError("--no-attention cannot be combined with --init from a model with attention")
-        return loaded.network, loaded.info
+        info = loaded.info
+        if options.modality is not None and modality_normalisation(options.modality) != info.normalisation:
+            info = dataclasses.replace(info, normalisation=modality_normalisation(options.modality))
+        return loaded.network, info
     config = preset(options.preset)
     if not options.attention:
         config = type(config)(**{**config.to_dict(), "attention": False})
-    normalisation = CT_NORMALISATION if options.modality == "ct" else MR_NORMALISATION
-    return build_model(config), ModelInfo(config=config, normalisation=normalisation)
+    return build_model(config), ModelInfo(config=config, normalisation=modality_normalisation(options.modality or "ct"))
 
 
 def _agree(flag: bool, world: int, device: torch.device) -> bool:

@@ -13,7 +13,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-attention", action="store_true", help="LAM off (ablation, Table 2)")
     parser.add_argument("--no-cycle", action="store_true", help="lambda = 0 (ablation, Table 2)")
     parser.add_argument("--cycle-weight", type=float, default=1.0, help="lambda (default 1)")
-    parser.add_argument("--modality", choices=["ct", "mr"], default="ct")
+    parser.add_argument("--modality", choices=["ct", "mr"],
+                        help="intensity normalisation: CT window or MR percentiles (default: the --init "
+                             "model's, else ct)")
     parser.add_argument("--fine-spacing", type=float, default=1.6,
                         help="axes with spacing at or below this (mm) serve as HR slice axes")
     parser.add_argument("--degrade", nargs="+", choices=["interval", "slab"], default=["interval", "slab"])
