@@ -859,6 +859,7 @@ class CycleINRSRTest(ScriptedLoadableModuleTest):
         self.assertEqual(result.shape, (expectedSlices,) + thick.shape[1:])
         self.assertEqual(result.dtype, thick.dtype)
         self.assertTrue(np.array_equal(slicer.util.arrayFromVolume(thickNode), thickBefore))
+        self.assertTrue(np.array_equal(result[::factor], thick))  # acquired slices kept, bit for bit
         self.assertEqual(fractions[-1], 1.0)
         outputMatrix, thickMatrix = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
         output.GetIJKToRASMatrix(outputMatrix)
