@@ -37,8 +37,10 @@ class Encoder(nn.Module):
             for _ in range(config.encoder_blocks))
         self.tail = nn.Conv3d(width, config.latent_dim, 3, padding=1)
 
-    def forward(self, volume: torch.Tensor) -> torch.Tensor:
-        features = self.head(volume)
+    def forward(self, volume: torch.Tensor, memory_format=torch.contiguous_format) -> torch.Tensor:
+        """``memory_format`` channels_last_3d (inference) keeps every feature map in that layout:
+        the one-channel input cannot carry it, so the head's output is converted once."""
+        features = self.head(volume).contiguous(memory_format=memory_format)
         for block in self.blocks:
             features = features + block(features)
         return self.tail(features)
@@ -99,8 +101,8 @@ class CycleINR(nn.Module):
             self.to_value = nn.Linear(latent, latent, bias=False)
         self.decoder = Decoder(latent + 2, config)
 
-    def encode(self, volume: torch.Tensor) -> torch.Tensor:
-        return self.encoder(volume)
+    def encode(self, volume: torch.Tensor, memory_format=torch.contiguous_format) -> torch.Tensor:
+        return self.encoder(volume, memory_format)
 
     def keys_values(self, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """K and V once per LR voxel, channels last, padded by one voxel in-plane (edge copies)."""
