@@ -435,11 +435,13 @@ class CycleINRSRLogic(ScriptedLoadableModuleLogic):
         from cycleinr.bundled import read_description
         from cycleinr.errors import ModelError
 
+        from cycleinr.bundled import model_path
+
         path = modelPath or self.bundledModelPath(device)
         if not path:
             raise ValueError("No bundled model is installed: choose a model file (.safetensors)")
         try:
-            description = read_description(path)
+            description = read_description(model_path(path))
         except ModelError as error:
             raise ValueError(str(error)) from None
         return dict(name=str(description.get("name", "unnamed")),

@@ -223,3 +223,15 @@ def test_keep_acquired_is_the_default_and_can_be_turned_off(tmp_path, thick_ct, 
     take = lambda values, step: np.take(values, np.arange(0, values.shape[axis], step), axis=axis)
     assert np.array_equal(take(kept_values, 2), source)
     assert not np.array_equal(take(regenerated_values, 2), source)
+
+
+def test_bundled_models_are_named_and_a_missing_one_is_refused(tmp_path, thick_ct, capsys):
+    from cycleinr.bundled import BUNDLED_MODELS, WEIGHTS_DIR, model_path
+
+    assert model_path("ct-cpu") == WEIGHTS_DIR / BUNDLED_MODELS["ct-cpu"]
+    assert model_path(str(tmp_path / "mine.safetensors")) == tmp_path / "mine.safetensors"
+    # the paper-sized CT model is not bundled yet: a clear one-line refusal, nothing written
+    output = tmp_path / "out.nii.gz"
+    assert main(["super-resolve", str(thick_ct), str(output), "--scale", "2", "--model", "ct"]) == 2
+    assert "bundled model 'ct' is not installed here; installed: ct-cpu" in capsys.readouterr().err
+    assert not output.exists()

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -20,7 +19,8 @@ from .geometry import OutputGrid, axis_from_letter, plan_output
 from .inference import default_memory_budget, plan_tiles, upsample_slices
 from .normalise import intensity_map
 from .volumes import check_array, check_image
-from .weights import LoadedModel, default_model_path, load_model
+from .bundled import model_path
+from .weights import LoadedModel, load_model
 
 
 class ScaleWarning(UserWarning):
@@ -46,8 +46,7 @@ def pick_model(model: str | os.PathLike | LoadedModel | None, device: torch.devi
     if isinstance(model, LoadedModel):
         model.network.to(device)
         return model
-    path = Path(model) if model is not None else default_model_path(device.type)
-    return load_model(path, device)
+    return load_model(model_path(model, device.type), device)
 
 
 def _available_host_bytes() -> int:

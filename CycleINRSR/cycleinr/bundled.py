@@ -16,6 +16,8 @@ from .errors import ModelError
 METADATA_KEY = "cycleinr"
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_MODELS = {"ct": "cycleinr_ct.safetensors", "ct-cpu": "cycleinr_ct_cpu.safetensors"}
+# Every bundled model by the name a user may give instead of a path (--model mr-cpu).
+BUNDLED_MODELS = {**DEFAULT_MODELS, "mr": "cycleinr_mr.safetensors", "mr-cpu": "cycleinr_mr_cpu.safetensors"}
 MODEL_ENV = "CYCLEINR_MODEL"
 _MAX_HEADER = 100 << 20
 
@@ -32,6 +34,25 @@ def default_model_path(device_type: str = "cpu") -> Path:
         if path.exists():
             return path
     raise ModelError(f"no bundled model in {WEIGHTS_DIR}; pass a model file (--model) or set {MODEL_ENV}")
+
+
+def bundled_names() -> list[str]:
+    """Names of the bundled models that are installed here."""
+    return [name for name, file in BUNDLED_MODELS.items() if (WEIGHTS_DIR / file).exists()]
+
+
+def model_path(model: str | os.PathLike | None = None, device_type: str = "cpu") -> Path:
+    """A weights file, a bundled model's name ('ct-cpu', 'mr-cpu' ...), or None: the device's default."""
+    if model is None:
+        return default_model_path(device_type)
+    name = str(model)
+    if name in BUNDLED_MODELS:
+        path = WEIGHTS_DIR / BUNDLED_MODELS[name]
+        if not path.exists():
+            raise ModelError(f"the bundled model '{name}' is not installed here; installed: "
+                             f"{', '.join(bundled_names()) or 'none'}")
+        return path
+    return Path(model)
 
 
 def read_description(path: str | os.PathLike) -> dict:

@@ -122,7 +122,7 @@ class CycleINR(nn.Module):
         logits, gathered = [], []
         for slice_step in (-1, 0, 1):
             index = (nearest + slice_step).clamp(0, slices - 1)
-            key_slab, value_slab = keys.index_select(1, index), values.index_select(1, index)
+            key_slab = keys.index_select(1, index)
             for row_step in range(3):
                 for col_step in range(3):
                     key = key_slab[:, :, row_step:row_step + rows, col_step:col_step + cols]

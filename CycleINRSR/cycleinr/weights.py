@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .bundled import METADATA_KEY, default_model_path, read_description  # noqa: F401  (re-exported)
+from .bundled import METADATA_KEY, default_model_path, model_path, read_description  # noqa: F401  (re-exported)
 from .config import ModelInfo
 from .errors import ModelError
 from .model import CycleINR, build_model
@@ -64,7 +64,7 @@ def load_model(path: str | os.PathLike | None = None, device: str | torch.device
     """Build the network its file describes and load the weights, checking every tensor."""
     from safetensors.torch import load_file
 
-    path = Path(path) if path is not None else default_model_path()
+    path = model_path(path)
     if path.is_dir():
         raise ModelError(f"model path is a folder, expected a .safetensors file: {path}")
     info = read_model_info(path)

@@ -8,7 +8,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from ..weights import default_model_path, describe
+    from ..bundled import model_path
+    from ..weights import describe
 
-    print(describe(args.model or default_model_path()))
+    print(describe(model_path(args.model)))
     return 0

@@ -19,8 +19,8 @@ def add_arguments(parser) -> None:
                                       "or a folder of these (batch)")
     parser.add_argument("output", help="output file (.nii/.nii.gz/.nrrd/.mha), or a folder in batch mode")
     add_scale_arguments(parser)
-    parser.add_argument("--model", help="weights file (.safetensors); default: the bundled model "
-                                        "(its CPU-sized variant on a CPU)")
+    parser.add_argument("--model", help="weights file (.safetensors) or a bundled model's name (ct-cpu, "
+                                        "mr-cpu); default: the bundled CT model (its CPU-sized variant on a CPU)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--tile-size", type=int, nargs="+", metavar="N",
