@@ -229,7 +229,11 @@ def test_fine_tuning_to_another_modality_stores_that_normalisation(tmp_path):
 
     base = train(tiny_options(tmp_path / "ct", steps=1), log=quiet)
     assert load_model(base, "cpu").info.normalisation == CT_NORMALISATION
-    mr = train(tiny_options(tmp_path / "mr", steps=1, init_model=str(base), modality="mr"), log=quiet)
-    assert load_model(mr, "cpu").info.normalisation == MR_NORMALISATION
+    mr = train(tiny_options(tmp_path / "mr", steps=1, init_model=str(base), modality="mr", batch_size=1), log=quiet)
+    info = load_model(mr, "cpu").info
+    assert info.normalisation == MR_NORMALISATION
+    # this run's facts on top, the base model's kept apart under its own key
+    assert info.provenance["batch_size"] == 1 and info.provenance["steps"] == 1
+    assert info.provenance["initialised_from"]["provenance"]["batch_size"] == 2
     kept = train(tiny_options(tmp_path / "again", steps=1, init_model=str(mr)), log=quiet)
     assert load_model(kept, "cpu").info.normalisation == MR_NORMALISATION

@@ -267,7 +267,10 @@ def _initial_network(options: TrainOptions) -> tuple[CycleINR, ModelInfo]:
         loaded = load_model(options.init_model, "cpu")
         if not options.attention and loaded.network.config.attention:
             raise InputError("--no-attention cannot be combined with --init from a model with attention")
-        info = loaded.info
+        # this run's provenance goes on top; the init model's is kept whole under its own key,
+        # so nothing of the earlier training is mistaken for this run's
+        info = dataclasses.replace(loaded.info, provenance={"initialised_from": {
+            "name": loaded.info.name, "provenance": loaded.info.provenance}})
         if options.modality is not None and modality_normalisation(options.modality) != info.normalisation:
             info = dataclasses.replace(info, normalisation=modality_normalisation(options.modality))
         return loaded.network, info
