@@ -73,8 +73,9 @@ def output_positions(input_slices: int, scale: float) -> np.ndarray:
 def acquired_slices(positions: np.ndarray) -> np.ndarray:
     """For each output slice, the input slice it coincides with, or -1.
 
-    With r = p / q every q-th output slice lies exactly on an input slice (all of them for an
-    integer r); those are the acquired slices that ``keep_acquired`` passes through unchanged.
+    Output slice j lies at input index j / r = j q / p, so with r = p / q every p-th output slice
+    lies exactly on an input slice (every r-th for an integer r); those are the acquired slices
+    that ``keep_acquired`` passes through unchanged.
     """
     nearest = np.rint(positions)
     return np.where(np.abs(positions - nearest) < _EPS, nearest, -1).astype(np.int64)

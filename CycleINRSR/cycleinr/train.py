@@ -21,8 +21,7 @@ import csv
 import json
 import os
 import time
-import dataclasses
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -269,10 +268,10 @@ def _initial_network(options: TrainOptions) -> tuple[CycleINR, ModelInfo]:
             raise InputError("--no-attention cannot be combined with --init from a model with attention")
         # this run's provenance goes on top; the init model's is kept whole under its own key,
         # so nothing of the earlier training is mistaken for this run's
-        info = dataclasses.replace(loaded.info, provenance={"initialised_from": {
+        normalisation = (loaded.info.normalisation if options.modality is None
+                         else modality_normalisation(options.modality))
+        info = replace(loaded.info, normalisation=normalisation, provenance={"initialised_from": {
             "name": loaded.info.name, "provenance": loaded.info.provenance}})
-        if options.modality is not None and modality_normalisation(options.modality) != info.normalisation:
-            info = dataclasses.replace(info, normalisation=modality_normalisation(options.modality))
         return loaded.network, info
     config = preset(options.preset)
     if not options.attention:
