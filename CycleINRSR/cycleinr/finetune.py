@@ -71,7 +71,7 @@ def fine_tune(volume: np.ndarray, spacing: Sequence[float], model=None, scale: f
         if should_stop():
             raise Cancelled(f"fine-tuning cancelled at step {step}")
         optimiser.zero_grad(set_to_none=True)
-        loss, _, _ = backward_on_batch(network, sampler.sample(), cycle_weight, torch_device, use_amp)
+        loss, _, _, _ = backward_on_batch(network, sampler.sample(), cycle_weight, torch_device, use_amp)
         optimiser.step()
         losses.append(loss.item())
         step += 1

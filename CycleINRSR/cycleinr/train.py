@@ -1,4 +1,4 @@
-"""Training: L = L1(INR) + lambda * L1(cycle) on pairs made on the fly (paper Eq. 6-9).
+"""Training: L = L1(INR) + lambda * L1(cycle) [+ mu * detail] on pairs made on the fly (paper Eq. 6-9).
 
 The cycle term re-encodes the *generated* HR patch with the same network and queries it at the
 LR slice positions (k * r in HR index units, generally between HR slices): gradients flow
@@ -51,6 +51,7 @@ class TrainOptions:
     init_model: str | None = None       # start from these weights (fine-tuning)
     attention: bool = True              # False: the LAM ablation
     cycle_weight: float = 1.0           # lambda; 0 = --no-cycle ablation
+    detail_weight: float = 0.0          # mu, the slice-detail term (not in the paper; 0 = off)
     modality: str | None = None         # ct window or mr percentiles; None: the --init model's, else ct
     fine_spacing: float = 1.6           # axes at or below this spacing (mm) are learned from
     degrade: tuple[str, ...] = ("interval", "slab")
@@ -110,35 +111,59 @@ def _looks_like_dicom(folder: Path) -> bool:
     return bool(entries) and all(p.is_file() and not is_volume_file(p) for p in entries)
 
 
+def slice_detail(volume: torch.Tensor) -> torch.Tensor:
+    """Mean |HH| of each slice's finest in-plane Haar diagonal band: (B, 1, T, H, W) -> (B, T).
+
+    The band holds the slice's noise and its sharpest edges (the wavelet noise estimate behind
+    SNLI reads the same band), so it says how noisy/sharp a slice is without needing its noise
+    realisation, which no model can predict."""
+    height, width = volume.shape[-2] // 2 * 2, volume.shape[-1] // 2 * 2
+    volume = volume[..., :height, :width]
+    diagonal = (volume[..., 0::2, 0::2] - volume[..., 0::2, 1::2]
+                - volume[..., 1::2, 0::2] + volume[..., 1::2, 1::2]) / 2
+    return diagonal.abs().mean(dim=(-1, -2)).flatten(1)
+
+
 def cycle_loss_terms(network, lr: torch.Tensor, hr: torch.Tensor, positions: torch.Tensor,
-                     scale: float, cycle_weight: float):
-    """(total, inr, cycle) for one batch. ``network`` may be DDP-wrapped (its forward is CycleINR's).
+                     scale: float, cycle_weight: float, detail_weight: float = 0.0):
+    """(total, inr, cycle, detail) for one batch. ``network`` may be DDP-wrapped.
 
     The cycle term calls the network a second time on the *generated* HR patch (a new encoding,
     not an interpolation of it) and queries it at the LR slice positions k * r (HR index units).
+    The detail term (ours, off by default) is the L1 distance between the per-slice detail energy
+    of the generated and the real thin slices: L1 alone is minimised by the conditional median,
+    which smooths away the unpredictable noise, so new slices come out smoother than the acquired
+    ones and the slice-to-slice noise level swings (SNLI); this term asks each new slice to carry
+    as much fine detail as the real slice at its place, without asking for the same noise.
     """
     generated = network(lr, positions, 1.0 / scale)
     inr = F.l1_loss(generated, hr)
-    if cycle_weight <= 0:
-        return inr, inr.detach(), torch.zeros((), device=lr.device)
-    lr_positions = torch.arange(lr.shape[2], device=lr.device, dtype=torch.float32) * scale
-    lr_positions = lr_positions.clamp(max=generated.shape[2] - 1)
-    reconstructed = network(generated, lr_positions, scale)  # re-encodes the generated volume
-    cycle = F.l1_loss(reconstructed, lr)
-    return inr + cycle_weight * cycle, inr.detach(), cycle.detach()
+    zero = torch.zeros((), device=lr.device)
+    total, cycle, detail = inr, zero, zero
+    if detail_weight > 0:
+        detail = F.l1_loss(slice_detail(generated.float()), slice_detail(hr.float()))
+        total = total + detail_weight * detail
+    if cycle_weight > 0:
+        lr_positions = torch.arange(lr.shape[2], device=lr.device, dtype=torch.float32) * scale
+        lr_positions = lr_positions.clamp(max=generated.shape[2] - 1)
+        reconstructed = network(generated, lr_positions, scale)  # re-encodes the generated volume
+        cycle = F.l1_loss(reconstructed, lr)
+        total = total + cycle_weight * cycle
+    return total, inr.detach(), cycle.detach(), detail.detach()
 
 
 def backward_on_batch(model, batch: Batch, cycle_weight: float, device: torch.device,
-                      use_amp: bool = False):
+                      use_amp: bool = False, detail_weight: float = 0.0):
     """Forward both passes and backpropagate; gradients accumulate in ``model`` (DDP averages
-    them over processes here). Returns the (total, inr, cycle) loss tensors."""
+    them over processes here). Returns the (total, inr, cycle, detail) loss tensors."""
     lr_tensor = torch.from_numpy(batch.lr).to(device)
     hr_tensor = torch.from_numpy(batch.hr).to(device)
     positions = torch.from_numpy(batch.hr_positions).float().to(device)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-        loss, inr, cycle = cycle_loss_terms(model, lr_tensor, hr_tensor, positions, batch.scale, cycle_weight)
+        loss, inr, cycle, detail = cycle_loss_terms(model, lr_tensor, hr_tensor, positions, batch.scale,
+                                                    cycle_weight, detail_weight)
     loss.backward()
-    return loss.detach(), inr, cycle
+    return loss.detach(), inr, cycle, detail
 
 
 def _distributed() -> tuple[int, int, int]:
@@ -213,16 +238,18 @@ def train(options: TrainOptions, progress: Callable[[float], None] | None = None
                 group["lr"] = learning_rate
             batch = sampler.sample(rank, world)
             optimiser.zero_grad(set_to_none=True)
-            loss, inr, cycle = backward_on_batch(model, batch, options.cycle_weight, torch_device, use_amp)
+            loss, inr, cycle, detail = backward_on_batch(model, batch, options.cycle_weight, torch_device,
+                                                         use_amp, options.detail_weight)
             optimiser.step()
             step += 1
             seconds = elapsed_before + time.time() - start_time
             row = {"step": step, "epoch": epoch, "loss": loss.item(), "inr": inr.item(),
-                   "cycle": cycle.item(), "lr": learning_rate, "seconds": seconds, "scale": batch.scale}
+                   "cycle": cycle.item(), "detail": detail.item(), "lr": learning_rate,
+                   "seconds": seconds, "scale": batch.scale}
             if writer:
                 writer.writerow([step, epoch, f"{row['loss']:.6f}", f"{row['inr']:.6f}",
                                  f"{row['cycle']:.6f}", f"{learning_rate:.3g}", f"{seconds:.1f}",
-                                 f"{batch.scale:.1f}"])
+                                 f"{batch.scale:.1f}", f"{row['detail']:.6f}"])
             if report is not None and rank == 0:
                 report(row)
             if progress is not None:
@@ -288,7 +315,7 @@ def _agree(flag: bool, world: int, device: torch.device) -> bool:
     return bool(value.item() > 0)
 
 
-LOG_HEADER = ["step", "epoch", "loss", "inr", "cycle", "lr", "seconds", "scale"]
+LOG_HEADER = ["step", "epoch", "loss", "inr", "cycle", "lr", "seconds", "scale", "detail"]
 
 
 def _open_log(path: Path, step: int):
@@ -317,7 +344,7 @@ def _provenance(options: TrainOptions, volumes, step: int, seconds: float, devic
         "training_data": [{"name": v.name, "spacing_kji": list(v.spacing), "fine_axes": list(v.fine_axes)}
                           for v in volumes],
         "steps": step, "wall_seconds": round(seconds, 1), "device": str(device), "world_size": world,
-        "cycle_weight": options.cycle_weight, "degrade": list(options.degrade),
+        "cycle_weight": options.cycle_weight, "detail_weight": options.detail_weight, "degrade": list(options.degrade),
         "batch_size": options.batch_size, "patch": options.patch, "lr_slices": options.lr_slices,
         "learning_rate": options.lr, "scales": "2.0-6.0 step 0.1", "seed": options.seed,
     }

@@ -13,6 +13,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-attention", action="store_true", help="LAM off (ablation, Table 2)")
     parser.add_argument("--no-cycle", action="store_true", help="lambda = 0 (ablation, Table 2)")
     parser.add_argument("--cycle-weight", type=float, default=1.0, help="lambda (default 1)")
+    parser.add_argument("--detail-weight", type=float, default=0.0,
+                        help="mu: weight of the slice-detail term that keeps new slices as noisy/sharp as "
+                             "the real ones (ours, not the paper's; default 0 = off)")
     parser.add_argument("--modality", choices=["ct", "mr"],
                         help="intensity normalisation: CT window or MR percentiles (default: the --init "
                              "model's, else ct)")
@@ -42,6 +45,7 @@ def options_from_args(args):
     return TrainOptions(
         data=args.data, output=args.output, preset=args.preset, init_model=args.init_model,
         attention=not args.no_attention, cycle_weight=0.0 if args.no_cycle else args.cycle_weight,
+        detail_weight=args.detail_weight,
         modality=args.modality, fine_spacing=args.fine_spacing, degrade=tuple(args.degrade),
         steps=args.steps, steps_per_epoch=args.steps_per_epoch, lr=args.lr,
         lr_halve_every=args.lr_halve_every, batch_size=args.batch_size, lr_slices=args.lr_slices,
