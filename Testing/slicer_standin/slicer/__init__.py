@@ -10,7 +10,9 @@ Nothing here reimplements CycleINR: module code runs as it would inside Slicer.
 """
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -37,6 +39,7 @@ class _Application:
     def __init__(self):
         self._qt = QtWidgets.QApplication.instance() or QtWidgets.QApplication(["SlicerStandIn"])
         self.temporaryPath = tempfile.mkdtemp(prefix="slicer-standin-")
+        atexit.register(shutil.rmtree, self.temporaryPath, ignore_errors=True)  # a test run leaves nothing
         self.slicerHome = os.path.dirname(os.path.abspath(__file__))
         self.majorVersion, self.minorVersion = (int(v) for v in SLICER_VERSION.split(".")[:2])
         self.applicationVersion = SLICER_VERSION
