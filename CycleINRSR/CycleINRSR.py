@@ -432,10 +432,8 @@ class CycleINRSRLogic(ScriptedLoadableModuleLogic):
 
     def modelDescription(self, modelPath=None, device="auto"):
         """Name and trained scale range from a weights file's header (read without torch)."""
-        from cycleinr.bundled import read_description
+        from cycleinr.bundled import model_path, read_description
         from cycleinr.errors import ModelError
-
-        from cycleinr.bundled import model_path
 
         path = modelPath or self.bundledModelPath(device)
         if not path:

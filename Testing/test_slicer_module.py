@@ -56,6 +56,17 @@ def scene(slicer_env, monkeypatch):
     return slicer, module
 
 
+
+def test_stand_in_removes_its_temporary_folder_at_exit(tmp_path):
+    """A Python session that imported the stand-in leaves no slicer-standin-* folder behind."""
+    code = "import slicer, os; print(slicer.app.temporaryPath); assert os.path.isdir(slicer.app.temporaryPath)"
+    environment = dict(os.environ, PYTHONPATH=str(STANDIN), QT_QPA_PLATFORM="offscreen")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environment,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    folder = Path(done.stdout.strip().splitlines()[-1])
+    assert folder.name.startswith("slicer-standin-") and not folder.exists()
+
 def matrix_of(node):
     import vtk
     matrix = vtk.vtkMatrix4x4()
