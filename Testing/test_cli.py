@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+import cycleinr.api
 from cycleinr import save_model
 from cycleinr.cli import main
 from conftest import ENGINE_DIR, HEAD_CT, SHARED_DATA
@@ -136,15 +137,19 @@ def test_bad_model_files_are_refused(tmp_path, thick_ct, model_file, capsys):
     assert not (tmp_path / "o.nii.gz").exists()
 
 
-def test_batch_folder(tmp_path, thick_ct, model_file):
+def test_batch_folder(tmp_path, thick_ct, model_file, monkeypatch):
     inputs = tmp_path / "in"
     inputs.mkdir()
     for name in ("a.nii.gz", "b.nrrd"):
         sitk.WriteImage(sitk.ReadImage(str(thick_ct))[:, :16, :], str(inputs / name))
     outputs = tmp_path / "out"
+    loads = []
+    real_load = cycleinr.api.load_model
+    monkeypatch.setattr(cycleinr.api, "load_model", lambda *args: loads.append(args) or real_load(*args))
     assert main(["super-resolve", str(inputs), str(outputs), "--scale", "2", "--model", model_file,
                  "--device", "cpu"]) == 0
     assert _files(outputs) == {"a.nii.gz", "b.nii.gz"}
+    assert len(loads) == 1  # one model for the whole batch (compiled once with --compile)
 
 
 def test_batch_is_shared_across_torchrun_ranks(tmp_path, thick_ct, model_file, monkeypatch):
@@ -235,3 +240,20 @@ def test_bundled_models_are_named_and_a_missing_one_is_refused(tmp_path, thick_c
     assert main(["super-resolve", str(thick_ct), str(output), "--scale", "2", "--model", "ct"]) == 2
     assert "bundled model 'ct' is not installed here; installed: ct-cpu" in capsys.readouterr().err
     assert not output.exists()
+
+
+def test_compile_flag_says_when_compiling_failed_and_still_writes(tmp_path, thick_ct, model_file, monkeypatch,
+                                                                   capsys):
+    import torch
+
+    def broken(function, **_options):
+        def compiled(*args, **kwargs):
+            raise RuntimeError("no C++ compiler here")
+        return compiled
+    monkeypatch.setattr(torch, "compile", broken)
+    output = tmp_path / "o.nii.gz"
+    assert main(["super-resolve", str(thick_ct), str(output), "--scale", "2", "--model", model_file,
+                 "--device", "cpu", "--compile"]) == 0
+    said = capsys.readouterr().err
+    assert "warning: torch.compile failed for the encoder" in said and "no C++ compiler here" in said
+    assert sitk.ReadImage(str(output)).GetSize()[2] == 2 * sitk.ReadImage(str(thick_ct)).GetSize()[2] - 1

@@ -72,7 +72,7 @@ def super_resolve(volume: np.ndarray, spacing: Sequence[float], scale: float | N
                   tile_size: Sequence[int] | None = None, halo: int | None = None,
                   memory_budget: int | None = None, progress=None, cancel=None,
                   out: np.ndarray | None = None, skip_below: float | None = None,
-                  keep_acquired: bool = True) -> SuperResolved:
+                  keep_acquired: bool = True, compile_model: bool = False) -> SuperResolved:
     """Upsample ``volume`` along one axis by ``scale`` (or to ``target_spacing`` mm).
 
     ``spacing`` lists the voxel size along each *array* axis (for a SimpleITK array [k, j, i]
@@ -84,6 +84,8 @@ def super_resolve(volume: np.ndarray, spacing: Sequence[float], scale: float | N
     neighbours all lie below it linear interpolation instead of the network (faster on air).
     ``keep_acquired`` (default): output slices that lie exactly on an input slice (all multiples
     of r for an integer r) are copied from the input unchanged instead of being regenerated.
+    ``compile_model`` runs the network through torch.compile (off by default: see ``compiled``);
+    if compiling fails the result's ``warnings`` say so and the work is done uncompiled.
     """
     check_array(volume)
     grid = plan_output(volume.shape, spacing, scale, target_spacing, slice_axis)
@@ -108,7 +110,8 @@ def super_resolve(volume: np.ndarray, spacing: Sequence[float], scale: float | N
                       core=_tile_in_slice_order(tile_size, grid.slice_axis), halo=halo, scale=grid.scale)
     upsample_slices(loaded.network, source, target, grid.scale,
                     intensity_map(source, loaded.info.normalisation), torch_device, plan,
-                    progress=progress, cancel=cancel, skip_below=skip_below, keep_acquired=keep_acquired)
+                    progress=progress, cancel=cancel, skip_below=skip_below, keep_acquired=keep_acquired,
+                    compile_model=compile_model, notes=notes)
     return SuperResolved(out, grid.spacing, grid.slice_axis, grid.scale, loaded.name,
                          str(torch_device), notes)
 

@@ -161,6 +161,10 @@ class BenchResult:
     load_average: tuple[float, float, float] | None = None
     skip_below: float | None = None
     copied_slices: int = 0
+    compiled: bool = False
+    compile_notes: list[str] = field(default_factory=list)
+    paper_sized: bool = False
+    targets: list[dict] = field(default_factory=list)
     machine: str = field(default_factory=platform.platform)
     date: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M:%S %Z"))
 
@@ -169,11 +173,18 @@ class BenchResult:
 
 
 def resolve_bench_model(model: str | None, preset_name: str | None, device: torch.device) -> tuple[LoadedModel, str]:
-    """A weights file, or an UNTRAINED network of a preset (speed does not depend on weights)."""
-    if model:
-        loaded = load_model(model, device)
-        return loaded, f"weights file {model}"
-    name = preset_name or ("paper" if device.type == "cuda" else "cpu")
+    """A weights file or bundled model, or an UNTRAINED network of a preset (speed does not
+    depend on the weights). Default: on CPU the model the engine itself picks there (the bundled
+    CPU-sized one); on GPU the paper-sized network, which the GPU targets are about (no trained
+    paper-sized model is bundled yet)."""
+    if model or (preset_name is None and device.type != "cuda"):
+        from .bundled import model_path
+
+        path = model_path(model, device.type)
+        loaded = load_model(path, device)
+        what = f"weights file {model}" if model else "the engine's default on this device"
+        return loaded, f"{what} ({Path(path).name})"
+    name = preset_name or "paper"
     torch.manual_seed(0)
     from .model import build_model
 
@@ -194,8 +205,12 @@ def _encoded_voxels(network, shape: tuple[int, int, int], budget: int, scale: fl
 
 
 def run_bench(shape_xyz, scale: float, device: torch.device, loaded: LoadedModel, model_note: str,
-              memory_budget: int | None = None, skip_below: float | None = None, report=print) -> BenchResult:
-    """Time the engine, SimpleITK linear and B-spline on one real volume; count the floor."""
+              memory_budget: int | None = None, skip_below: float | None = None, report=print,
+              compile_model: bool = False) -> BenchResult:
+    """Time the engine, SimpleITK linear and B-spline on one real volume; count the floor.
+
+    With ``compile_model`` the warm-up compiles (its time is reported, not counted) and the
+    timed run is the compiled engine's."""
     from .api import super_resolve
 
     volume, spacing = bench_volume(shape_xyz)
@@ -210,9 +225,11 @@ def run_bench(shape_xyz, scale: float, device: torch.device, loaded: LoadedModel
     report(f"measuring the dense matmul rate ({str(matmul_dtype).replace('torch.', '')}) ...")
     rate = matmul_rate(device, matmul_dtype)
 
-    report("warming up the engine on a small crop ...")
-    super_resolve(np.ascontiguousarray(volume[:4, :32, :32]), spacing, scale=scale, model=loaded,
-                  device=str(device), memory_budget=budget)
+    report("warming up the engine on a small crop" + (" (compiling)" if compile_model else "") + " ...")
+    start = time.perf_counter()
+    warm = super_resolve(np.ascontiguousarray(volume[:4, :32, :32]), spacing, scale=scale, model=loaded,
+                         device=str(device), memory_budget=budget, compile_model=compile_model)
+    report(f"  warm-up {time.perf_counter() - start:.1f} s")
     report(f"engine: {volume.shape[::-1]} -> {grid.shape[::-1]} (x, y, z) ...")
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -220,7 +237,8 @@ def run_bench(shape_xyz, scale: float, device: torch.device, loaded: LoadedModel
     with PeakHostMemory() as host:
         start = time.perf_counter()
         result = super_resolve(volume, spacing, scale=scale, model=loaded, device=str(device),
-                               memory_budget=budget, skip_below=skip_below, progress=_tenths(report))
+                               memory_budget=budget, skip_below=skip_below, progress=_tenths(report),
+                               compile_model=compile_model)
         _synchronise(device)
         engine_s = time.perf_counter() - start
     gpu_allocated = gpu_reserved = None
@@ -228,6 +246,7 @@ def run_bench(shape_xyz, scale: float, device: torch.device, loaded: LoadedModel
         gpu_allocated = int(torch.cuda.max_memory_allocated(device))
         gpu_reserved = int(torch.cuda.max_memory_reserved(device))
     output_bytes = int(result.array.nbytes)
+    compile_notes = list(warm.warnings) + list(result.warnings) if compile_model else []
     del result
 
     report("SimpleITK linear ...")
@@ -248,7 +267,7 @@ def run_bench(shape_xyz, scale: float, device: torch.device, loaded: LoadedModel
     ideal = job_cost(config, volume.size, decoded, grid.scale)
     processed = job_cost(config, volume.size, decoded, grid.scale, encoded_voxels=int(encoded))
     floor_s = ideal.flops / rate
-    return BenchResult(
+    bench = BenchResult(
         shape_xyz=tuple(int(s) for s in shape_xyz), output_shape_xyz=tuple(int(s) for s in grid.shape[::-1]),
         scale=float(grid.scale), dtype=str(volume.dtype), device=str(device), device_name=_device_name(device),
         threads=torch.get_num_threads(), model=loaded.name, model_note=model_note,
@@ -263,7 +282,40 @@ def run_bench(shape_xyz, scale: float, device: torch.device, loaded: LoadedModel
         host_peak=int(host.peak), host_growth=int(host.peak - host.before),
         gpu_peak_allocated=gpu_allocated, gpu_peak_reserved=gpu_reserved,
         load_average=tuple(os.getloadavg()) if hasattr(os, "getloadavg") else None, skip_below=skip_below,
-        copied_slices=copied)
+        copied_slices=copied, compiled=compile_model, compile_notes=compile_notes,
+        paper_sized=config == preset("paper"))
+    bench.targets = check_targets(bench)
+    return bench
+
+
+# The issue's targets, for 512x512x64 at x5 (memory: at every size). GB = 1e9 bytes.
+TARGET_JOB = ((512, 512, 64), 5.0)
+CPU_FLOOR_RATIO = 3.0
+CPU_SMALL_MODEL_SECONDS = 180.0
+GPU_PAPER_SECONDS = 2.0
+GPU_PAPER_BYTES = 8e9
+HOST_MARGIN_BYTES = 1.5e9
+
+
+def check_targets(result: BenchResult) -> list[dict]:
+    """Each target that applies to this run: what it limits, the measured value, and whether it is met."""
+    targets = [{"target": "host peak <= input + output + 1.5 GB", "value": result.host_peak,
+                "limit": result.input_bytes + result.output_bytes + HOST_MARGIN_BYTES, "unit": "bytes"}]
+    if (tuple(result.shape_xyz), result.scale) == TARGET_JOB:
+        if result.device == "cpu":
+            targets.append({"target": "engine / floor <= 3 (CPU)", "value": result.engine_over_floor,
+                            "limit": CPU_FLOOR_RATIO, "unit": "ratio"})
+            if not result.paper_sized:
+                targets.append({"target": "CPU-sized model done in <= 3 min", "value": result.engine_s,
+                                "limit": CPU_SMALL_MODEL_SECONDS, "unit": "s"})
+        elif result.paper_sized:
+            targets.append({"target": "paper-sized model <= 2 s (H100)", "value": result.engine_s,
+                            "limit": GPU_PAPER_SECONDS, "unit": "s"})
+            targets.append({"target": "GPU memory <= 8 GB (H100)", "value": result.gpu_peak_reserved,
+                            "limit": GPU_PAPER_BYTES, "unit": "bytes"})
+    for target in targets:
+        target["met"] = bool(target["value"] is not None and target["value"] <= target["limit"])
+    return targets
 
 
 def _tenths(report):
@@ -322,4 +374,12 @@ def format_result(result: BenchResult) -> str:
     if result.gpu_peak_allocated is not None:
         lines.append(f"peak GPU memory {_size(result.gpu_peak_allocated)} allocated, "
                      f"{_size(result.gpu_peak_reserved)} reserved")
+    if result.compiled:
+        lines.append("engine compiled with torch.compile (compilation in the warm-up, not timed)"
+                     + "".join(f"; {note}" for note in result.compile_notes))
+    for target in result.targets:
+        value, limit = target["value"], target["limit"]
+        shown = (f"{_size(value)} (limit {_size(limit)})" if target["unit"] == "bytes" and value is not None
+                 else f"{value:.2f} (limit {limit:g})" if value is not None else "not measured")
+        lines.append(f"target {target['target']}: {shown}: {'met' if target['met'] else 'NOT MET'}")
     return "\n".join(lines)

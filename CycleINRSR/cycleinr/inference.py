@@ -27,6 +27,7 @@ import torch
 from .errors import Cancelled, InputError, ResourceError
 from .geometry import acquired_slices, output_positions
 from .cost import attention_macs_per_output_voxel, decoder_macs_per_output_voxel, encoder_macs_per_voxel
+from .compiled import HotPaths, hot_paths
 from .model import CycleINR, interpolate_slices
 from .slice_query import prepare, query_slices
 from .normalise import IntensityMap, cast_to_dtype
@@ -182,7 +183,8 @@ def upsample_slices(model: CycleINR, volume: np.ndarray, out: np.ndarray, scale:
                     intensities: IntensityMap, device: torch.device, plan: TilePlan,
                     progress: ProgressCallback | None = None, cancel=None,
                     mixed_precision: bool = True, skip_below: float | None = None,
-                    keep_acquired: bool = True) -> None:
+                    keep_acquired: bool = True, compile_model: bool = False,
+                    notes: list[str] | None = None) -> None:
     """Fill ``out`` (slice axis first, output dtype) from ``volume`` (slice axis first).
 
     Both may be views with any strides; ``volume`` is only read. ``skip_below`` (input units,
@@ -190,7 +192,9 @@ def upsample_slices(model: CycleINR, volume: np.ndarray, out: np.ndarray, scale:
     linear interpolation without running the network; tiles that are all background skip the
     encoder too. ``keep_acquired`` (default): output slices that lie exactly on an input slice
     are that slice, bit for bit, and are not decoded (the cycle constraint of the paper's Eq. 7
-    made exact where the grids meet); off, the network regenerates them too.
+    made exact where the grids meet); off, the network regenerates them too. ``compile_model``
+    runs the encoder and decoder through torch.compile (``compiled``: off by default, measured
+    not to pay on CPU); a failed compilation is added to ``notes`` and the work goes on eagerly.
     """
     should_stop = _as_cancel_check(cancel)
     background = None if skip_below is None else float(intensities.forward(np.array([skip_below]))[0])
@@ -215,10 +219,11 @@ def upsample_slices(model: CycleINR, volume: np.ndarray, out: np.ndarray, scale:
     autocast_dtype = torch.bfloat16 if use_autocast and torch.cuda.is_bf16_supported() else torch.float16
     model.eval()
     _channels_last_encoder(model)
+    paths = hot_paths(model, compile_model, notes)
     if halo >= model.config.receptive_radius:
         _write_owned_parts(model, volume, out, positions, scale, intensities, device, plan,
                            (slab_tiles, row_tiles, col_tiles), slab_ranges, progress, should_stop,
-                           (use_autocast, autocast_dtype), background, copied)
+                           (use_autocast, autocast_dtype), background, copied, paths)
         _copy_acquired(volume, out, acquired)
         return
     slice_weight_sum = np.zeros(len(positions))
@@ -258,7 +263,7 @@ def upsample_slices(model: CycleINR, volume: np.ndarray, out: np.ndarray, scale:
                                  (in_start, in_stop), (row_start, row_stop), (col_start, col_stop),
                                  positions[first:last + 1] - in_start, scale,
                                  use_autocast, autocast_dtype, should_stop, background,
-                                 copied[first:last + 1])
+                                 copied[first:last + 1], paths)
                 weights = (slice_weights[:, None, None]
                            * gaussian_weight(np.arange(row_start, row_stop, dtype=float), row_start,
                                              row_stop - 1, len(row_tiles) == 1).astype(np.float32)[None, :, None]
@@ -315,7 +320,7 @@ def _owned_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
 def _write_owned_parts(model: CycleINR, volume: np.ndarray, out: np.ndarray, positions: np.ndarray,
                        scale: float, intensities: IntensityMap, device: torch.device, plan: TilePlan,
                        tiles, slab_ranges, progress, should_stop: CancelCheck, autocast, background,
-                       copied: np.ndarray) -> None:
+                       copied: np.ndarray, paths: HotPaths) -> None:
     """Exact halo: tiles agree wherever they overlap, so nothing needs blending. Each tile
     computes only the voxels it owns and writes them straight into ``out`` in its dtype: no
     float32 output buffer (for a 512x512x64 CT at x5 that buffer alone was 330 MB)."""
@@ -335,7 +340,7 @@ def _write_owned_parts(model: CycleINR, volume: np.ndarray, out: np.ndarray, pos
                     raise Cancelled("cancelled by the user")
                 tile = _run_tile(model, volume, intensities, device, plan, (in_start, in_stop), row_range,
                                  col_range, positions[first:stop] - in_start, scale, *autocast,
-                                 should_stop, background, copied[first:stop])
+                                 should_stop, background, copied[first:stop], paths)
                 out[first:stop, row_range[0]:row_range[1], col_range[0]:col_range[1]] = cast_to_dtype(
                     intensities.inverse(tile), out.dtype)
                 done += tile.size
@@ -348,11 +353,14 @@ def _write_owned_parts(model: CycleINR, volume: np.ndarray, out: np.ndarray, pos
 def _run_tile(model: CycleINR, volume: np.ndarray, intensities: IntensityMap, device: torch.device,
               plan: TilePlan, slice_range, row_range, col_range, local_positions: np.ndarray,
               scale: float, use_autocast: bool, autocast_dtype, should_stop: CancelCheck,
-              background: float | None = None, copied: np.ndarray | None = None) -> np.ndarray:
+              background: float | None = None, copied: np.ndarray | None = None,
+              paths: HotPaths | None = None) -> np.ndarray:
     """Encode one tile with its halo and decode the output slices of its core; slices marked
     ``copied`` lie on an input slice and take its (normalised) values without decoding."""
     _, rows, cols = volume.shape
     halo = plan.halo
+    encode = paths.encode if paths is not None else model.encode
+    decode = paths.decode if paths is not None else None
     row_in = (max(0, row_range[0] - halo), min(rows, row_range[1] + halo))
     col_in = (max(0, col_range[0] - halo), min(cols, col_range[1] + halo))
     block = volume[slice_range[0]:slice_range[1], row_in[0]:row_in[1], col_in[0]:col_in[1]]
@@ -372,7 +380,7 @@ def _run_tile(model: CycleINR, volume: np.ndarray, intensities: IntensityMap, de
         interpolated = interpolate_slices(queried, positions)[0, 0, :, row_keep, col_keep]
         return interpolated.float().cpu().numpy()
     with torch.inference_mode(), torch.autocast(device.type, dtype=autocast_dtype, enabled=use_autocast):
-        latent = model.encode(tensor, torch.channels_last_3d)[:, :, :, row_crop, col_crop]
+        latent = encode(tensor, torch.channels_last_3d)[:, :, :, row_crop, col_crop]
         prepared = prepare(model, queried, latent, background)
         del latent
         window = ((row_keep.start, row_keep.stop), (col_keep.start, col_keep.stop))
@@ -385,7 +393,7 @@ def _run_tile(model: CycleINR, volume: np.ndarray, intensities: IntensityMap, de
                 raise Cancelled("cancelled by the user")
             rows_out = decoded[start:start + chunk]
             values = query_slices(model, prepared, local_positions[rows_out], query_spacing,
-                                  window=window, max_voxels=plan.decode_voxels)
+                                  window=window, max_voxels=plan.decode_voxels, decode=decode)
             values = values[0, 0].float()
             if intensities.clip:
                 values = values.clamp_(0, 1)

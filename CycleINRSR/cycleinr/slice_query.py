@@ -125,15 +125,16 @@ def _slice_coefficients(positions: np.ndarray, nearest: int, slices: int) -> np.
 
 def query_slices(model: CycleINR, prepared: PreparedLatent, positions: torch.Tensor | np.ndarray,
                  query_spacing: float, window: tuple[tuple[int, int], tuple[int, int]] | None = None,
-                 max_voxels: int = 1 << 16) -> torch.Tensor:
+                 max_voxels: int = 1 << 16, decode=None) -> torch.Tensor:
     """Same values as ``model.query(volume, latent, positions, query_spacing)``, shape (1, 1, T, h, w).
 
     ``window`` ((row_start, row_stop), (col_start, col_stop)) restricts the output in-plane
     (the neighbourhoods still reach one voxel beyond it); ``max_voxels`` bounds the output voxels
     handled at once (working set about ``max_voxels`` x (27 (C + d) / r + 3 x decoder width) floats).
     Rows go in chunks, and within a chunk groups go in LR-slice order, so each LR slice's
-    neighbourhoods are gathered once.
+    neighbourhoods are gathered once. ``decode`` replaces ``decode_latents`` (a compiled one).
     """
+    decode = decode or decode_latents
     latent = prepared.latent
     slices, (rows, cols) = prepared.slices, latent.shape[1:3]
     (row_start, row_stop), (col_start, col_stop) = window if window is not None else ((0, rows), (0, cols))
@@ -151,13 +152,14 @@ def query_slices(model: CycleINR, prepared: PreparedLatent, positions: torch.Ten
         cache = _NeighbourCache(prepared, rows_now, cols_now) if model.config.attention else None
         for nearest, members in groups:
             values = _query_group(model, prepared, nearest, positions[members].astype(np.float64),
-                                  query_spacing, rows_now, cols_now, cache)
+                                  query_spacing, rows_now, cols_now, cache, decode)
             out[members, rows_now.start - row_start:rows_now.stop - row_start] = values
     return out[None, None]
 
 
 def _query_group(model: CycleINR, prepared: PreparedLatent, nearest: int, positions: np.ndarray,
-                 query_spacing: float, rows: slice, cols: slice, cache: _NeighbourCache | None) -> torch.Tensor:
+                 query_spacing: float, rows: slice, cols: slice, cache: _NeighbourCache | None,
+                 decode) -> torch.Tensor:
     """Output slices sharing the nearest LR slice ``nearest``, on one in-plane window -> (k, h, w)."""
     latent = prepared.latent
     slices, channels = prepared.slices, latent.shape[-1]
@@ -202,7 +204,7 @@ def _query_group(model: CycleINR, prepared: PreparedLatent, nearest: int, positi
     else:
         sampled = trilinear.contiguous()
     offsets = torch.as_tensor(positions - nearest, dtype=torch.float32, device=device)
-    decoded = _decode(model, sampled, offsets, math.log(query_spacing))  # (A, k)
+    decoded = decode(model, sampled, offsets, math.log(query_spacing))  # (A, k)
     if model.config.predict_residual:
         decoded = decoded + subset(interpolated).to(decoded.dtype)
     if active is not None:
@@ -227,7 +229,7 @@ def _coordinate_bias(layer: torch.nn.Linear, first_coord: int, offsets: torch.Te
     return bias[None, :] + offsets[:, None].to(weight.dtype) * weight[:, first_coord][None, :]
 
 
-def _decode(model: CycleINR, sampled: torch.Tensor, offsets: torch.Tensor, log_spacing: float) -> torch.Tensor:
+def decode_latents(model: CycleINR, sampled: torch.Tensor, offsets: torch.Tensor, log_spacing: float) -> torch.Tensor:
     """The decoder on (P, k, C) latents with the coordinates folded into biases -> (P, k).
 
     The first layer and the latent part of the skip layer (never the first: skip_at >= 1) both
