@@ -99,3 +99,9 @@ def test_targets_follow_the_issue():
     assert gpu == {"host peak <= input + output + 1.5 GB": True, "paper-sized model <= 2 s (H100)": True,
                    "GPU memory <= 8 GB (H100)": False}
     assert len(check_targets(_result(scale=4.0))) == 1  # other jobs: the memory target only
+
+
+def test_a_job_too_big_for_memory_is_refused_before_anything_is_built(capsys):
+    assert cli.main(["bench", "--shape", "100000", "100000", "1000", "--device", "cpu"]) == 2
+    said = capsys.readouterr().err
+    assert "needs" in said and "GiB for its input and output alone" in said and "--shape" in said

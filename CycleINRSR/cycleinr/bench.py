@@ -50,6 +50,21 @@ def bench_volume(shape_xyz: tuple[int, int, int]) -> tuple[np.ndarray, tuple[flo
     return np.ascontiguousarray(volume), spacing
 
 
+def check_bench_memory(shape_xyz, scale: float) -> None:
+    """Refuse, before building anything, a job whose int16 input and output cannot fit in memory."""
+    import psutil
+
+    from .errors import ResourceError
+
+    input_bytes = 2.0 * float(np.prod([float(size) for size in shape_xyz]))
+    needed = input_bytes * (1.0 + float(scale))
+    available = psutil.virtual_memory().available
+    if needed > available:
+        raise ResourceError(f"a {'x'.join(str(int(s)) for s in shape_xyz)} volume at x{scale:g} needs "
+                            f"{needed / 2**30:.1f} GiB for its input and output alone, only "
+                            f"{available / 2**30:.1f} GiB is available: use a smaller --shape")
+
+
 def matmul_rate(device: torch.device, dtype: torch.dtype, seconds: float = 2.0, size: int = 2048) -> float:
     """Dense GEMM FLOP/s of this device now (best of repeated size^3 products)."""
     left = torch.randn(size, size, device=device).to(dtype)
@@ -213,6 +228,7 @@ def run_bench(shape_xyz, scale: float, device: torch.device, loaded: LoadedModel
     timed run is the compiled engine's."""
     from .api import super_resolve
 
+    check_bench_memory(shape_xyz, scale)
     volume, spacing = bench_volume(shape_xyz)
     grid = plan_output(volume.shape, spacing, scale=scale)
     network = loaded.network
