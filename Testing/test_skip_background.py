@@ -53,3 +53,16 @@ def test_an_all_air_tile_skips_the_network(tiny_model):
     out = super_resolve(air, SPACING, scale=3, model=tiny_model, device="cpu", skip_below=-900,
                         tile_size=(6, 10, 10)).array
     np.testing.assert_array_equal(out, interpolate(air, SPACING, scale=3, method="linear"))
+
+
+def test_eval_method_cycleinr_skip_is_the_engine_with_the_option(chest_edge, tiny_model):
+    """`cycleinr eval --methods cycleinr-skip` measures the option's effect beside plain cycleinr."""
+    from cycleinr.evaluate import method_from_spec
+
+    name, skipping = method_from_spec("cycleinr-skip", "cpu", skip_below=-900)
+    assert name == "cycleinr-skip"
+    # the bundled model is what the method loads: compare with the engine run the same way
+    direct = super_resolve(chest_edge, SPACING, scale=2.5, device="cpu", skip_below=-900).array
+    np.testing.assert_array_equal(skipping(chest_edge, SPACING, 2.5, 0), direct)
+    _, plain = method_from_spec("cycleinr", "cpu")
+    assert not np.array_equal(plain(chest_edge, SPACING, 2.5, 0), direct)

@@ -146,16 +146,19 @@ def cycleinr_method(model=None, device: str = "auto", **options) -> Method:
     return run
 
 
-def method_from_spec(spec: str, device: str = "auto") -> tuple[str, Method]:
+def method_from_spec(spec: str, device: str = "auto", skip_below: float = -900.0) -> tuple[str, Method]:
     """'trilinear', 'cubic', 'nearest', 'cycleinr' (bundled model) or 'cycleinr=PATH';
-    'cycleinr-regenerate[=PATH]' lets the network regenerate the acquired slices too."""
+    'cycleinr-regenerate[=PATH]' lets the network regenerate the acquired slices too;
+    'cycleinr-skip[=PATH]' interpolates where every LR neighbour is below ``skip_below`` (air)."""
     name, _, model = spec.partition("=")
     if name in INTERPOLATIONS and not model:
         return name, interpolation_method(name)
     if name in ("cycleinr", "cycleinr-regenerate"):
         return spec, cycleinr_method(model or None, device, keep_acquired=name == "cycleinr")
-    raise InputError(f"unknown method {spec!r}; use trilinear, cubic, nearest, cycleinr[=MODEL] "
-                     "or cycleinr-regenerate[=MODEL]")
+    if name == "cycleinr-skip":
+        return spec, cycleinr_method(model or None, device, skip_below=skip_below)
+    raise InputError(f"unknown method {spec!r}; use trilinear, cubic, nearest, cycleinr[=MODEL], "
+                     "cycleinr-regenerate[=MODEL] or cycleinr-skip[=MODEL]")
 
 
 # scoring ---------------------------------------------------------------------------------------
