@@ -5,9 +5,9 @@ the bundled model: ``cycleinr bench`` (512x512x64 at x5) took 85 s eager and 100
 the compiler's memory raised the host peak from 1.28 to 1.59 GiB (over the issue's target);
 on 160x160x16 at x5, one thread, four runs each, same output bit for bit, eager took 3.0-3.1 s,
 a compiled encoder 2.9-3.4 s, a compiled decoder 3.2-3.3 s, both 3.0-3.6 s. A profile says why:
-oneDNN convolutions and GEMMs are 80 % of the time, little element-wise work is left to fuse. On a GPU a whole job takes
-seconds, so a compilation that costs tens of seconds pays only in a long-running process
-(a batch of volumes); ``cycleinr bench --compile`` measures it there.
+oneDNN convolutions and GEMMs are 80 % of the time, little element-wise work is left to fuse.
+On a GPU a whole job takes seconds, so a compilation that costs tens of seconds pays only in a
+long-running process (a batch of volumes); ``cycleinr bench --compile`` measures it there.
 
 A compilation can fail (no C++ compiler, an unsupported operator, a new torch). Then the
 engine warns once, names the error in the result's notes, and goes on uncompiled: the values
@@ -23,6 +23,7 @@ import torch
 
 from .errors import Cancelled
 from .model import CycleINR
+from .slice_query import decode_latents
 
 
 class CompileWarning(UserWarning):
@@ -72,8 +73,6 @@ class HotPaths:
 
 
 def hot_paths(model: CycleINR, compile_model: bool, notes: list[str] | None = None) -> HotPaths:
-    from .slice_query import decode_latents
-
     if not compile_model:
         return HotPaths(model.encode, decode_latents, False)
     return HotPaths(CompiledOrEager(model.encode, "encoder", notes),

@@ -353,14 +353,11 @@ def _write_owned_parts(model: CycleINR, volume: np.ndarray, out: np.ndarray, pos
 def _run_tile(model: CycleINR, volume: np.ndarray, intensities: IntensityMap, device: torch.device,
               plan: TilePlan, slice_range, row_range, col_range, local_positions: np.ndarray,
               scale: float, use_autocast: bool, autocast_dtype, should_stop: CancelCheck,
-              background: float | None = None, copied: np.ndarray | None = None,
-              paths: HotPaths | None = None) -> np.ndarray:
+              background: float | None, copied: np.ndarray | None, paths: HotPaths) -> np.ndarray:
     """Encode one tile with its halo and decode the output slices of its core; slices marked
     ``copied`` lie on an input slice and take its (normalised) values without decoding."""
     _, rows, cols = volume.shape
     halo = plan.halo
-    encode = paths.encode if paths is not None else model.encode
-    decode = paths.decode if paths is not None else None
     row_in = (max(0, row_range[0] - halo), min(rows, row_range[1] + halo))
     col_in = (max(0, col_range[0] - halo), min(cols, col_range[1] + halo))
     block = volume[slice_range[0]:slice_range[1], row_in[0]:row_in[1], col_in[0]:col_in[1]]
@@ -380,7 +377,7 @@ def _run_tile(model: CycleINR, volume: np.ndarray, intensities: IntensityMap, de
         interpolated = interpolate_slices(queried, positions)[0, 0, :, row_keep, col_keep]
         return interpolated.float().cpu().numpy()
     with torch.inference_mode(), torch.autocast(device.type, dtype=autocast_dtype, enabled=use_autocast):
-        latent = encode(tensor, torch.channels_last_3d)[:, :, :, row_crop, col_crop]
+        latent = paths.encode(tensor, torch.channels_last_3d)[:, :, :, row_crop, col_crop]
         prepared = prepare(model, queried, latent, background)
         del latent
         window = ((row_keep.start, row_keep.stop), (col_keep.start, col_keep.stop))
@@ -393,7 +390,7 @@ def _run_tile(model: CycleINR, volume: np.ndarray, intensities: IntensityMap, de
                 raise Cancelled("cancelled by the user")
             rows_out = decoded[start:start + chunk]
             values = query_slices(model, prepared, local_positions[rows_out], query_spacing,
-                                  window=window, max_voxels=plan.decode_voxels, decode=decode)
+                                  window=window, max_voxels=plan.decode_voxels, decode=paths.decode)
             values = values[0, 0].float()
             if intensities.clip:
                 values = values.clamp_(0, 1)
