@@ -43,7 +43,7 @@ def _compare(network, scale, shape=(6, 9, 8), window=None, max_voxels=1 << 16):
     return fast, reference
 
 
-@pytest.mark.parametrize("name", ["tiny", "cpu"])
+@pytest.mark.parametrize("name", ["tiny", "cpu", "cpu-wide", "cpu-fact"])
 @pytest.mark.parametrize("scale", SCALES)
 def test_fast_path_matches_query(name, scale):
     fast, reference = _compare(_network(preset(name)), scale)
@@ -113,3 +113,24 @@ def test_fast_path_runs_under_bfloat16_autocast():
             fast = slice_query.query_slices(network, prepared, positions, 0.4)
     assert fast.shape == reference.shape
     assert float((fast.float() - reference).abs().max()) < 0.05 * float(reference.abs().max())
+
+
+@pytest.mark.parametrize("factorised", [False, True])
+def test_encoder_reach_is_the_receptive_radius(factorised):
+    """One changed LR voxel moves the latent exactly within the radius the tile halo relies on
+    (minus the final 3^3 neighbourhood of the sampler), and the MAC count follows the layers."""
+    config = dataclasses.replace(preset("tiny"), encoder_blocks=2, convs_per_block=2,
+                                 factorised_encoder=factorised)
+    network = _network(config)
+    reach = config.receptive_radius - 1
+    size = 2 * reach + 5
+    volume = torch.rand(1, 1, size, size, size)
+    changed = volume.clone()
+    centre = size // 2
+    changed[0, 0, centre, centre, centre] += 1.0
+    with torch.no_grad():
+        moved = (network.encode(changed) - network.encode(volume)).abs().amax(dim=1)[0] > 0
+    where = torch.nonzero(moved)
+    assert int((where - centre).abs().max()) == reach
+    macs = sum(m.weight.numel() for m in network.encoder.modules() if isinstance(m, torch.nn.Conv3d))
+    assert encoder_macs_per_voxel(config) == macs

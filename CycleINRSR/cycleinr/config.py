@@ -19,6 +19,7 @@ class ModelConfig:
     encoder_channels: int = 64      # intermediate width of the residual 3D CNN
     encoder_blocks: int = 3         # residual blocks (paper: 3)
     convs_per_block: int = 6        # Conv3d 3^3 + ReLU per block (paper: 6)
+    factorised_encoder: bool = False  # each block conv as (2+1)D: 1x3x3 in-plane, ReLU, 3x1x1 (ours)
     latent_dim: int = 128           # |z| (paper: 128)
     attention: bool = True          # LAM / ALCGS over the 27 neighbouring LR latents
     attention_dim: int = 128        # width of W_Q and W_K
@@ -59,11 +60,20 @@ class ModelConfig:
 
 
 # Named presets. "paper" is section 4.1 of the paper; "cpu" is sized so a 512x512x64 CT at x5
-# finishes in minutes on two CPU cores; "tiny" is for tests only.
+# finishes in minutes on two CPU cores; "cpu-wide" is 1.5x its width with a twice wider decoder
+# and LAM on; "cpu-fact" spends the CPU budget on a deeper, wider factorised encoder (12 of 27
+# MACs per conv, the same receptive field per conv, more in-plane context: where the slice
+# axis lacks detail, in-plane structure is what a new slice can be inferred from); "tiny" is
+# for tests only. The capacity table in the CT model card compares them.
 PRESETS: dict[str, ModelConfig] = {
     "paper": ModelConfig(),
     "cpu": ModelConfig(encoder_channels=32, encoder_blocks=2, convs_per_block=3, latent_dim=32,
                        attention_dim=16, decoder_width=64, decoder_layers=4),
+    "cpu-wide": ModelConfig(encoder_channels=48, encoder_blocks=2, convs_per_block=3, latent_dim=48,
+                            attention_dim=32, decoder_width=128, decoder_layers=4),
+    "cpu-fact": ModelConfig(encoder_channels=48, encoder_blocks=3, convs_per_block=3, latent_dim=48,
+                            factorised_encoder=True, attention=False, decoder_width=96,
+                            decoder_layers=4),
     "tiny": ModelConfig(encoder_channels=8, encoder_blocks=1, convs_per_block=2, latent_dim=8,
                         attention_dim=8, decoder_width=16, decoder_layers=2),
 }

@@ -7,7 +7,7 @@ softmax exponentials and copies are left out: they are not matmul work.
 The count follows what ``slice_query`` computes (C = latent_dim, d = attention_dim, E =
 encoder_channels, W = decoder_width, r = scale):
 
-- per encoded voxel: head 27 E + blocks x convs x 27 E^2 + tail 27 E C;
+- per encoded voxel: head 27 E + blocks x convs x 27 E^2 (12 E^2 factorised) + tail 27 E C;
 - per LR voxel, once: Q, K, V projections C (2 d + C) (attention only);
 - per output voxel: trilinear mix 3 C; attention logits 81 d / r (3 x d x 27 per LR slice
   shared by the r output slices near it) + 81 (mixing) + value sum 27 C; decoder: first layer
@@ -27,9 +27,11 @@ _KERNEL = 27
 
 
 def encoder_macs_per_voxel(config: ModelConfig) -> int:
+    """A factorised block conv costs (9 + 3) E^2 instead of 27 E^2."""
     width = config.encoder_channels
     convs = config.encoder_blocks * config.convs_per_block
-    return _KERNEL * (width + convs * width * width + width * config.latent_dim)
+    block_kernel = 12 if config.factorised_encoder else _KERNEL
+    return _KERNEL * (width + width * config.latent_dim) + convs * block_kernel * width * width
 
 
 def projection_macs_per_lr_voxel(config: ModelConfig) -> int:

@@ -24,6 +24,15 @@ from torch import nn
 from .config import ModelConfig
 
 
+def _block_conv(width: int, factorised: bool) -> list[nn.Module]:
+    """One 3^3 conv, or its (2+1)D factorisation (in-plane 1x3x3, ReLU, through-plane 3x1x1):
+    the same one-voxel reach in every direction, so the receptive radius is unchanged."""
+    if not factorised:
+        return [nn.Conv3d(width, width, 3, padding=1)]
+    return [nn.Conv3d(width, width, (1, 3, 3), padding=(0, 1, 1)), nn.ReLU(inplace=True),
+            nn.Conv3d(width, width, (3, 1, 1), padding=(1, 0, 0))]
+
+
 class Encoder(nn.Module):
     """Residual 3D CNN (ArSSR's ResCNN shape): conv in, residual blocks of conv+ReLU, conv out."""
 
@@ -33,7 +42,7 @@ class Encoder(nn.Module):
         self.head = nn.Conv3d(1, width, 3, padding=1)
         self.blocks = nn.ModuleList(
             nn.Sequential(*[layer for _ in range(config.convs_per_block)
-                            for layer in (nn.Conv3d(width, width, 3, padding=1), nn.ReLU(inplace=True))])
+                            for layer in (*_block_conv(width, config.factorised_encoder), nn.ReLU(inplace=True))])
             for _ in range(config.encoder_blocks))
         self.tail = nn.Conv3d(width, config.latent_dim, 3, padding=1)
 

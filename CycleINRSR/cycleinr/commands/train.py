@@ -8,7 +8,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("data", nargs="+", help="training volumes, DICOM series folders, or folders of them")
     parser.add_argument("--output", required=True, help="run folder (checkpoints, log.csv); an existing "
                                                         "run there is resumed")
-    parser.add_argument("--preset", default="cpu", help="architecture: paper, cpu or tiny (default cpu)")
+    parser.add_argument("--preset", default="cpu", help="architecture: paper, cpu, cpu-wide, cpu-fact or tiny (default cpu)")
     parser.add_argument("--init", dest="init_model", help="start from these weights (fine-tune)")
     parser.add_argument("--no-attention", action="store_true", help="LAM off (ablation, Table 2)")
     parser.add_argument("--no-cycle", action="store_true", help="lambda = 0 (ablation, Table 2)")
