@@ -9,6 +9,8 @@ import json
 import sys
 from pathlib import Path
 
+from ..config import PRESETS
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("--shape", type=int, nargs=3, metavar=("X", "Y", "Z"), default=[512, 512, 64],
@@ -19,7 +21,7 @@ def add_arguments(parser) -> None:
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--model", help="weights file (.safetensors) or bundled model name (ct-cpu, mr-cpu); "
                                        "default on CPU: the model the engine picks there (ct-cpu)")
-    which.add_argument("--preset", choices=["paper", "cpu", "tiny"],
+    which.add_argument("--preset", choices=list(PRESETS),
                        help="an untrained network of this size (default on GPU: paper)")
     parser.add_argument("--memory-budget", type=float, metavar="GIB",
                         help="tile working-set budget in GiB (default: the engine's own choice)")
