@@ -99,3 +99,25 @@ def test_every_scale_gives_lr_slices_and_targets_inside_them():
         assert batch.hr_positions[-1] <= 3 + 1e-9 and batch.hr_positions[-1] > 3 - 1 / scale, scale
         if float(scale).is_integer():  # interval LR slice k is HR slice k r itself
             np.testing.assert_array_equal(batch.lr[0, 0, 1], batch.hr[0, 0, int(scale)])
+
+
+def test_patches_of_air_are_drawn_again_and_processes_stay_in_step():
+    """The chest crop is half air: with min_foreground most patches are body, without it many
+    are air; under process sharing the shares still make up the global batch."""
+    volumes = [volume_from(SAMPLE_CT)]
+
+    def body_fractions(sampler, batches=12):
+        return np.concatenate([(sampler.sample().hr > 0.05).mean(axis=(1, 2, 3, 4)) for _ in range(batches)])
+
+    plain = body_fractions(PairSampler(volumes, lr_slices=3, patch=16, batch_size=4, seed=5))
+    chosen = body_fractions(PairSampler(volumes, lr_slices=3, patch=16, batch_size=4, seed=5, min_foreground=0.5))
+    assert (plain < 0.5).mean() > 0.2
+    assert (chosen >= 0.5).mean() > 0.95 and chosen.mean() > plain.mean()
+    whole = PairSampler(volumes, lr_slices=3, patch=16, batch_size=4, seed=3, min_foreground=0.5)
+    parts = [PairSampler(volumes, lr_slices=3, patch=16, batch_size=2, seed=3, min_foreground=0.5) for _ in range(2)]
+    for _ in range(2):
+        full = whole.sample()
+        shares = [sampler.sample(rank, 2) for rank, sampler in enumerate(parts)]
+        assert np.array_equal(np.concatenate([s.hr for s in shares]), full.hr)
+    with pytest.raises(ValueError, match="min_foreground"):
+        PairSampler(volumes, min_foreground=1.5)

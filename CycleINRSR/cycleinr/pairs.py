@@ -13,7 +13,8 @@ LR along that axis, for a factor r drawn from 2.0-6.0 in steps of 0.1:
 The HR target is every thin slice between the first and last LR slice centre, so output slice j
 sits at LR position j / r: the same geometry as inference. Every patch has exactly ``lr_slices``
 LR slices, whatever r (the cut reaches the thin slice after the last LR position when r is
-fractional).
+fractional). With ``min_foreground`` a patch that is mostly background is drawn again (up to
+ten times).
 """
 from __future__ import annotations
 
@@ -88,7 +89,7 @@ class PairSampler:
 
     def __init__(self, volumes: list[TrainingVolume], lr_slices: int = 8, patch: int = 32,
                  batch_size: int = 4, degrade_modes=("interval", "slab"), seed: int = 0,
-                 scales=SCALES) -> None:
+                 scales=SCALES, min_foreground: float = 0.0) -> None:
         usable = [v for v in volumes if v.fine_axes]
         if not usable:
             raise ValueError("no training volume has an axis fine enough to learn from")
@@ -103,6 +104,9 @@ class PairSampler:
         self.scales = np.asarray(scales, dtype=float).reshape(-1)
         if not len(self.scales) or (self.scales <= 1).any():
             raise ValueError("training scales must be > 1")
+        if not 0.0 <= min_foreground < 1.0:
+            raise ValueError(f"min_foreground must lie in [0, 1), got {min_foreground!r}")
+        self.min_foreground = float(min_foreground)
         self.rng = np.random.default_rng(seed)
         # volumes weighted by how many patches they hold
         sizes = np.array([v.array.size for v in usable], dtype=float)
@@ -125,15 +129,19 @@ class PairSampler:
         extent = (int(math.ceil((self.lr_slices - 1) * scale - 1e-6)) + 1, self.patch, self.patch)
         lr_list, hr_list = [], []
         for index in range(self.batch_size * parts):
-            volume = self.volumes[int(rng.choice(len(self.volumes), p=self.volume_weights))]
-            axis = int(rng.choice(volume.fine_axes))
-            moved = np.moveaxis(volume.array, axis, 0)
-            starts = [int(rng.integers(0, max(1, size - want + 1))) for size, want in zip(moved.shape, extent)]
-            flips = rng.random(4) < 0.5
+            for _attempt in range(_FOREGROUND_TRIES):
+                volume = self.volumes[int(rng.choice(len(self.volumes), p=self.volume_weights))]
+                axis = int(rng.choice(volume.fine_axes))
+                moved = np.moveaxis(volume.array, axis, 0)
+                starts = [int(rng.integers(0, max(1, size - want + 1))) for size, want in zip(moved.shape, extent)]
+                flips = rng.random(4) < 0.5
+                block = moved[starts[0]:starts[0] + extent[0], starts[1]:starts[1] + extent[1],
+                              starts[2]:starts[2] + extent[2]]
+                # every process tests every patch of the global batch, so all draw alike (DDP)
+                if not self.min_foreground or _foreground(volume, block) >= self.min_foreground:
+                    break
             if index // self.batch_size != part:
                 continue  # another process's patch: its random draws are consumed all the same
-            block = moved[starts[0]:starts[0] + extent[0], starts[1]:starts[1] + extent[1],
-                          starts[2]:starts[2] + extent[2]]
             block = _pad_to(volume.intensities.forward(block), extent)
             if flips[0]:
                 block = block[:, ::-1]
@@ -148,6 +156,16 @@ class PairSampler:
         positions = np.arange(hr_slices) / scale
         return Batch(np.stack(lr_list)[:, None].astype(np.float32), np.stack(hr_list)[:, None].astype(np.float32),
                      scale, positions)
+
+
+_FOREGROUND_TRIES = 10      # draws per patch before an air patch is accepted anyway
+_FOREGROUND_LEVEL = 0.05    # normalised intensity above background (CT window: about -820 HU)
+
+
+def _foreground(volume: TrainingVolume, block: np.ndarray) -> float:
+    """Fraction of a patch above background: patches of air teach the network nothing about
+    through-plane structure, and a CT's field of view is often half air."""
+    return float((volume.intensities.forward(block) > _FOREGROUND_LEVEL).mean()) if block.size else 0.0
 
 
 def _pad_to(block: np.ndarray, extent) -> np.ndarray:

@@ -63,6 +63,7 @@ class TrainOptions:
     lr_slices: int = 8
     patch: int = 32
     seed: int = 0
+    min_foreground: float = 0.0         # redraw patches with less of the body than this (0 = off)
     validation: list[str] = field(default_factory=list)
     validation_scales: tuple[float, ...] = (2.0, 3.0, 5.0)
     max_seconds: float | None = None    # stop (with a checkpoint) after this wall time
@@ -211,7 +212,7 @@ def train(options: TrainOptions, progress: Callable[[float], None] | None = None
         for path in options.validation:  # fail now, not after the first epoch
             load_validation_volume(path, options.fine_spacing)
     sampler = PairSampler(volumes, options.lr_slices, options.patch, options.batch_size,
-                          options.degrade, seed=options.seed)
+                          options.degrade, seed=options.seed, min_foreground=options.min_foreground)
     step, elapsed_before = _resume(run_dir, network, optimiser, sampler, rank, torch_device, log)
     model = network
     if world > 1:
@@ -347,6 +348,7 @@ def _provenance(options: TrainOptions, volumes, step: int, seconds: float, devic
         "cycle_weight": options.cycle_weight, "detail_weight": options.detail_weight, "degrade": list(options.degrade),
         "batch_size": options.batch_size, "patch": options.patch, "lr_slices": options.lr_slices,
         "learning_rate": options.lr, "scales": "2.0-6.0 step 0.1", "seed": options.seed,
+        "min_foreground": options.min_foreground,
     }
 
 

@@ -30,6 +30,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--lr-slices", type=int, default=8, help="LR slices per patch")
     parser.add_argument("--patch", type=int, default=32, help="in-plane patch size")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--min-foreground", type=float, default=0.0, metavar="FRACTION",
+                        help="redraw patches with less than this fraction of voxels above background "
+                             "(e.g. 0.3; default 0 = off)")
     parser.add_argument("--val", nargs="*", default=[], help="held-back volumes validated each epoch "
                         "(x2/x3/x5 on a central crop, model and trilinear, to validation.csv)")
     parser.add_argument("--max-minutes", type=float, help="stop with a checkpoint after this long")
@@ -49,7 +52,7 @@ def options_from_args(args):
         modality=args.modality, fine_spacing=args.fine_spacing, degrade=tuple(args.degrade),
         steps=args.steps, steps_per_epoch=args.steps_per_epoch, lr=args.lr,
         lr_halve_every=args.lr_halve_every, batch_size=args.batch_size, lr_slices=args.lr_slices,
-        patch=args.patch, seed=args.seed, validation=list(args.val),
+        patch=args.patch, seed=args.seed, min_foreground=args.min_foreground, validation=list(args.val),
         max_seconds=args.max_minutes * 60 if args.max_minutes else None, name=args.name,
         half_precision_weights=args.fp16_weights)
 
