@@ -173,3 +173,11 @@ def test_files_are_copied_out_of_a_commit_of_a_local_git_directory(tmp_path, bui
     assert (tmp_path / "out" / "scans" / "a" / "1.dcm").read_bytes() == b"first"
     with pytest.raises(builder.BuildError, match="nothing at"):
         builder.copy_tree_from_commit(repo / ".git", commit, "scans/missing", tmp_path / "out2")
+
+
+def test_the_human_readable_table_lists_every_entry_with_its_use(manifest):
+    table = (DATA_DIR / "MANIFEST.md").read_text(encoding="utf-8")
+    for entry in manifest["volumes"]:
+        row = next((line for line in table.splitlines() if line.startswith(f"| `{entry['id']}` |")), None)
+        assert row is not None, f"{entry['id']} missing from MANIFEST.md"
+        assert f"**{entry['use']}**" in row and entry["licence"] in row, entry["id"]
