@@ -358,8 +358,12 @@ def build(manifest: dict, output: Path, work: Path, mirror_root: Path | None = N
                 row["status"] = "kept"
             else:
                 source = fetch_source(entry, work, mirror_root, explicit or {}, allow_clone, shared_data)
-                measured = convert_to_nifti(source, target, entry["source"].get("series_uid"),
-                                            entry.get("crop"))
+                if entry["source"]["kind"] == "shared":  # the project's reference file, byte for byte
+                    shutil.copyfile(source, target)
+                    measured = describe(sitk.ReadImage(str(target)))
+                else:
+                    measured = convert_to_nifti(source, target, entry["source"].get("series_uid"),
+                                                entry.get("crop"))
                 built, row["status"] = True, "built"
             verify(entry, measured)
         except BuildError as error:
