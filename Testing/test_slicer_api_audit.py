@@ -397,6 +397,46 @@ def test_the_extractor_sees_what_the_modules_do():
                    for symbol in uses), "SimpleITK calls are not Slicer's"
 
 
+def test_panel_unbinds_its_widgets_on_exit_with_slicer_5_8_connectGui(monkeypatch):
+    """Slicer 5.8.1's connectGui returns None (wrapper.py:253; the tag only from 5.10): the panel must
+    still get a tag it can disconnect, or a widget keeps writing the parameter node after exit()."""
+    import pytest
+    from conftest import ENGINE_DIR, HEAD_CT
+    standin = REPO / "Testing" / "slicer_standin"
+    if not (standin / "slicer" / "parameterNodeWrapper.py").exists():
+        pytest.skip("no Slicer stand-in in this checkout")
+    for path in (str(standin), str(ENGINE_DIR)):
+        if path not in sys.path:
+            sys.path.insert(0, path)
+    import slicer
+    from slicer.ScriptedLoadableModule import createModule, createWidget
+
+    import CycleINRSR
+    if not hasattr(slicer.modules, "cycleinrsr"):
+        createModule(CycleINRSR.CycleINRSR)
+    slicer.mrmlScene.Clear(True)
+    connectGui = CycleINRSR.CycleINRSRParameterNode.connectGui
+    monkeypatch.setattr(CycleINRSR.CycleINRSRParameterNode, "connectGui",
+                        lambda self, gui: [connectGui(self, gui), None][1])  # as Slicer 5.8.1 does
+    slicer.util.loadVolume(str(HEAD_CT))
+    widget = createWidget(CycleINRSR.CycleINRSRWidget)
+    try:
+        parameters = widget._parameterNode
+        widget.ui.tileSizeSpinBox.value = 32
+        assert parameters.tileSize == 32  # bound while the module is shown
+        widget.exit()
+        widget.ui.tileSizeSpinBox.value = 64
+        assert parameters.tileSize == 32, "the panel still writes the parameter node after exit()"
+        widget.enter()
+        assert widget.ui.tileSizeSpinBox.value == 32  # bound again, showing the node's value
+        widget.ui.tileSizeSpinBox.value = 16
+        assert parameters.tileSize == 16
+    finally:
+        widget.exit()
+        widget.cleanup()
+        slicer.mrmlScene.Clear(True)
+
+
 def _updateUsedAt():
     uses, _ = allUses()
     lines = TABLE.read_text().splitlines()
