@@ -150,7 +150,11 @@ class CycleINRSRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            # connectGui returns the tag only from Slicer 5.10 (None in 5.8, so disconnectGui did nothing);
+            # connectParametersToGui returns it in every version
+            self._parameterNodeGuiTag = self._parameterNode.connectParametersToGui(
+                {widget.property("SlicerParameterName"): widget for widget in vars(self.ui).values()
+                 if hasattr(widget, "property") and widget.property("SlicerParameterName")})
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
             self.onParameterNodeModified()
 
@@ -470,7 +474,7 @@ class CycleINRSRLogic(ScriptedLoadableModuleLogic):
         if not missing:
             return
         try:
-            import slicer.packaging as packaging  # Slicer 5.10+
+            import slicer.packaging as packaging  # Slicer 5.12+ (earlier: ImportError, pip_install below)
             from packaging.requirements import Requirement
             packaging.pip_ensure([Requirement(r) for r in missing], prompt_install=False,
                                  requester="CycleINR")

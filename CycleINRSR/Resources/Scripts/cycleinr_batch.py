@@ -4,7 +4,8 @@
 
 Loads the input with Slicer's readers, runs the CycleINRSR logic (the same path as the GUI),
 saves the output with Slicer's writers, and exits with 0 on success, 2 on bad arguments or a
-failed job. Messages go to stderr as one line each.
+failed job. Messages go to stderr as one line each. Slicer reads --help/-h itself: for this
+script's help put "--" first (``... --python-script cycleinr_batch.py -- --help``).
 """
 import argparse
 import os
