@@ -101,8 +101,8 @@ def test_every_file_has_the_right_attributes(cli_outputs):
     by_number = sorted(written, key=lambda h: int(h.InstanceNumber))
     assert [int(h.InstanceNumber) for h in by_number] == list(range(1, 19))
     z = np.array([float(h.ImagePositionPatient[2]) for h in by_number])
-    # the source numbers its slices head first (instance numbers fall as z rises... here z falls
-    # as the number rises); the output does the same
+    # the source numbers its slices head first (z falls as InstanceNumber rises); so does the output
+    assert int(source[0].InstanceNumber) > int(source[-1].InstanceNumber)
     assert np.allclose(np.diff(z), -1.0)
     assert z.min() == pytest.approx(float(first.ImagePositionPatient[2]))
     for h in written:
@@ -340,3 +340,22 @@ def test_values_outside_the_source_encoding_are_written_without_loss(tmp_path):
     written = headers(tmp_path / "series")
     assert {(h.BitsAllocated, h.BitsStored, float(h.RescaleSlope), float(h.RescaleIntercept)) for h in written} == {
         (16, 16, 1.0, -2000.0)}
+
+
+def test_invalid_source_values_are_dropped_not_written(tmp_path, tiny_model):
+    """A source value that breaks its VR (readers tolerate it) is left out with a warning; the
+    written files stay valid under pydicom's strict reading."""
+    from cycleinr.jobs import super_resolve_file
+
+    sloppy = tmp_path / "sloppy"
+    sloppy.mkdir()
+    for path in sorted(DICOM_CROP.glob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        ds.PatientSex = "female"  # CS allows upper case, digits, space and _ only
+        ds.save_as(sloppy / path.name)
+    with pytest.warns(UserWarning) as caught:
+        super_resolve_file(sloppy, tmp_path / "series", scale=2, model=tiny_model, device="cpu",
+                           output_format="dicom")
+    messages = [str(w.message) for w in caught if "not copying" in str(w.message)]
+    assert len(messages) == 1 and messages[0].startswith("not copying PatientSex")
+    assert {h.PatientSex for h in headers(tmp_path / "series")} == {""}  # type 2: present, empty

@@ -355,10 +355,10 @@ class _SeriesHeader:
         for keyword in SERIES_CONSTANT_KEYWORDS:
             values = [h.get(keyword) for h in source.headers]
             if values[0] is not None and all(v == values[0] for v in values[1:]):
-                setattr(shared, keyword, first.data_element(keyword).value)
+                _copy_valid(first, shared, keyword)
         for keyword in WINDOW_KEYWORDS:
             if keyword in first:
-                setattr(shared, keyword, first.data_element(keyword).value)
+                _copy_valid(first, shared, keyword)
         if "PhotometricInterpretation" not in shared:
             shared.PhotometricInterpretation = "MONOCHROME2"
         self.stacking_upsampled = slice_axis == 0
@@ -557,6 +557,27 @@ def verify_series(folder: Path, names: list[Path], volume: np.ndarray, origin, s
 
 # ---------------------------------------------------------------------------------------------
 # helpers
+
+
+_TEXT_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"}
+
+
+def _copy_valid(source, target, keyword: str) -> None:
+    """Copy one attribute if its value is valid for its VR; a source's invalid value (too long,
+    wrong characters: readers tolerate them) is dropped with a warning, not written on."""
+    from pydicom import config
+    from pydicom.valuerep import validate_value
+
+    element = source.data_element(keyword)
+    try:
+        if element.VR in _TEXT_VRS and element.value is not None:
+            values = element.value if element.VM > 1 else [element.value]
+            for value in values:
+                validate_value(element.VR, value if isinstance(value, bytes) else str(value), config.RAISE)
+    except ValueError as error:
+        warnings.warn(f"not copying {keyword} from the source: its value is invalid ({error})")
+        return
+    setattr(target, keyword, element.value)
 
 
 def _ds(value: float):
