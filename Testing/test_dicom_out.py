@@ -210,8 +210,19 @@ def test_non_dicom_input_is_refused_before_work(tmp_path, capsys):
     assert cli("super-resolve", archive, tmp_path / "results", "--scale", "2", "--output-format", "dicom") == 2
     assert "volume.nii.gz is a volume file" in capsys.readouterr().err
     assert not (tmp_path / "results").exists()
+    # a DICOM series of another kind than CT or MR images (here: secondary capture) is refused too
+    capture = tmp_path / "capture"
+    capture.mkdir()
+    for path in sorted(DICOM_CROP.glob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = pydicom.uid.SecondaryCaptureImageStorage
+        ds.save_as(capture / path.name)
+    assert cli("super-resolve", capture, tmp_path / "out", "--scale", "2", "--output-format", "dicom") == 2
+    assert "DICOM output supports CT and MR image series" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_batch_writes_one_series_folder_per_input(tmp_path):
     archive = tmp_path / "archive"
     archive.mkdir()
@@ -261,7 +272,7 @@ def test_a_file_that_fails_the_read_back_check_publishes_nothing(tmp_path, tiny_
     from cycleinr.jobs import super_resolve_file
 
     options = dict(scale=2, model=tiny_model, device="cpu", output_format="dicom")
-    super_resolve_file(DICOM_CROP, tmp_path / "series", **options)
+    shutil.copytree(DICOM_CROP, tmp_path / "series")  # an earlier output (a folder of .dcm files)
     before = {p.name: p.read_bytes() for p in (tmp_path / "series").iterdir()}
     original = dicom_out._save
 
@@ -359,3 +370,33 @@ def test_invalid_source_values_are_dropped_not_written(tmp_path, tiny_model):
     messages = [str(w.message) for w in caught if "not copying" in str(w.message)]
     assert len(messages) == 1 and messages[0].startswith("not copying PatientSex")
     assert {h.PatientSex for h in headers(tmp_path / "series")} == {""}  # type 2: present, empty
+
+
+def test_float_output_is_quantised_to_the_source_rescale_step(tmp_path, tiny_model):
+    """A series stored with a fractional slope (0.5, as MR and PET often are) is read as floats;
+    the output keeps that slope, so it reads back within half a step of the engine's output, and
+    exactly where the slice is an acquired one."""
+    from cycleinr.api import super_resolve_image
+    from cycleinr.dicom_out import read_source_series, write_dicom_series
+    from cycleinr.volumes import read_image
+
+    halved = tmp_path / "halved"
+    halved.mkdir()
+    for path in sorted(DICOM_CROP.glob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        ds.RescaleSlope, ds.RescaleIntercept = "0.5", "-512"
+        ds.save_as(halved / path.name)
+    image = read_image(halved)
+    assert image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64)
+    output, result = super_resolve_image(image, scale=2, model=tiny_model, device="cpu")
+    write_dicom_series(output, read_source_series(halved), tmp_path / "series", scale=2, slice_axis=0,
+                       model_name=result.model_name)
+    written = read_series(tmp_path / "series")
+    expected = sitk.GetArrayFromImage(output).astype(np.float64)
+    array = sitk.GetArrayFromImage(written).astype(np.float64)
+    assert np.abs(array - expected).max() <= 0.25 + 1e-6
+    np.testing.assert_array_equal(array[::2], sitk.GetArrayFromImage(image))  # the acquired slices
+    # the slope is the source's; the intercept too, or (where the untrained network's values leave
+    # the source's range) moved by whole steps, so the source's values stay exact
+    for h in headers(tmp_path / "series"):
+        assert float(h.RescaleSlope) == 0.5 and (float(h.RescaleIntercept) + 512) % 0.5 == 0

@@ -162,6 +162,8 @@ def check_output_folder(output_dir: str | os.PathLike, input_dir: str | os.PathL
     the disk cannot hold."""
     output_dir, input_dir = Path(output_dir), Path(input_dir)
     target, source = output_dir.resolve(), input_dir.resolve()
+    if target == target.parent or not Path(os.path.abspath(output_dir)).name or output_dir.name in (".", ".."):
+        raise OutputError(f"name the output folder (got {str(output_dir)!r})")
     if target == source or target in source.parents or source in target.parents:
         raise OutputError(f"output folder {output_dir} is, holds or lies inside the input {input_dir}; "
                           "the input is never modified")
@@ -248,32 +250,35 @@ class Encoding:
 
 def choose_encoding(source: SourceSeries, low: float, high: float, integer_valued: bool) -> Encoding:
     """The source's slope, intercept and bit depth when the output's value range fits them (it
-    does for a CT model, whose outputs stay in the window it was trained on); else BitsStored is
-    widened to BitsAllocated; else, with a warning, the intercept (integers) or slope is refitted."""
+    does for a trained CT model, whose outputs stay in its window); else, in this order: BitsStored
+    widened to BitsAllocated; the intercept moved by whole slope steps (so the source's values,
+    and integers, stay exact); a new slope. The last two warn."""
     first = source.first
     rescales = {(float(h.get("RescaleSlope", 1)), float(h.get("RescaleIntercept", 0))) for h in source.headers}
-    slope, intercept = sorted(rescales)[0]
+    slope, intercept = max(rescales)  # several (per-slice rescales): the coarsest step
     bits_allocated = int(first.get("BitsAllocated", 16))
     if bits_allocated not in (8, 16, 32):
         bits_allocated = 16
     bits_stored = min(int(first.get("BitsStored", bits_allocated)), bits_allocated)
     signed = int(first.get("PixelRepresentation", 0)) == 1
-    encoding = Encoding(slope, intercept, bits_allocated, bits_stored, signed)
-    if len(rescales) == 1 and encoding.fits(low, high):
-        return encoding
-    widened = Encoding(slope, intercept, bits_allocated, bits_allocated, signed)
-    if len(rescales) == 1 and widened.fits(low, high):
-        return widened
-    stored_low = widened.stored_range[0]
-    if integer_valued and slope == 1.0 and high - low <= widened.stored_range[1] - stored_low:
-        refitted = Encoding(1.0, float(low - stored_low), bits_allocated, bits_allocated, signed)
+    candidates = [Encoding(slope, intercept, bits_allocated, bits_stored, signed),
+                  Encoding(slope, intercept, bits_allocated, bits_allocated, signed)]
+    for encoding in candidates[: 2 if len(rescales) == 1 else 0]:
+        if encoding.fits(low, high):
+            return encoding
+    stored_low, stored_high = candidates[1].stored_range
+    steps_below = np.floor((low - intercept) / slope) - stored_low
+    shifted = Encoding(slope, float(intercept + steps_below * slope), bits_allocated, bits_allocated, signed)
+    if shifted.fits(low, high):
+        chosen = shifted
     else:
-        span = (high - low) or 1.0
-        new_slope = span / (widened.stored_range[1] - stored_low)
-        refitted = Encoding(new_slope, float(low - stored_low * new_slope), bits_allocated, bits_allocated, signed)
+        new_slope = ((high - low) or 1.0) / (stored_high - stored_low)
+        if integer_valued:
+            new_slope = float(np.ceil(new_slope))
+        chosen = Encoding(new_slope, float(low - stored_low * new_slope), bits_allocated, bits_allocated, signed)
     warnings.warn(f"the output's values ({low:g} to {high:g}) do not fit the source's rescale and bit depth; "
-                  f"written with slope {refitted.slope:g} and intercept {refitted.intercept:g}")
-    return refitted
+                  f"written with slope {chosen.slope:g} and intercept {chosen.intercept:g}")
+    return chosen
 
 
 # ---------------------------------------------------------------------------------------------
@@ -286,7 +291,7 @@ def write_dicom_series(image, source: SourceSeries, output_dir: str | os.PathLik
 
     ``slice_axis`` is the array axis ([k, j, i]) that was upsampled: 0 is the stacking axis.
     """
-    output_dir = check_output_folder(output_dir, source.folder, overwrite)
+    output_dir = Path(os.path.abspath(check_output_folder(output_dir, source.folder, overwrite)))
     volume, origin, spacing, direction = _canonical_volume(image, source)
     low, high = (float(volume.min()), float(volume.max())) if volume.size else (0.0, 0.0)
     encoding = choose_encoding(source, low, high, np.issubdtype(volume.dtype, np.integer))
