@@ -117,7 +117,7 @@ def read_source_series(folder: str | os.PathLike) -> SourceSeries:
 
     folder = Path(folder)
     if not folder.is_dir():
-        kind = "a volume file" if folder.is_file() else "not found"
+        kind = "a file" if folder.is_file() else "not found"
         raise InputError(f"--output-format dicom needs a DICOM series folder as input; {folder} is {kind} "
                          "(write NIfTI, NRRD or MHA for it instead)")
     reader = sitk.ImageSeriesReader()
@@ -162,7 +162,7 @@ def check_output_folder(output_dir: str | os.PathLike, input_dir: str | os.PathL
     the disk cannot hold."""
     output_dir, input_dir = Path(output_dir), Path(input_dir)
     target, source = output_dir.resolve(), input_dir.resolve()
-    if target == target.parent or not Path(os.path.abspath(output_dir)).name or output_dir.name in (".", ".."):
+    if target == target.parent or output_dir.name in ("", ".", ".."):
         raise OutputError(f"name the output folder (got {str(output_dir)!r})")
     if target == source or target in source.parents or source in target.parents:
         raise OutputError(f"output folder {output_dir} is, holds or lies inside the input {input_dir}; "
@@ -372,7 +372,7 @@ class _SeriesHeader:
         axis_name = "slice (stacking) axis" if self.stacking_upsampled else f"in-plane axis {'KJI'[slice_axis]}"
         shared.ImageType = ["DERIVED", "SECONDARY"] + list(_image_type(first)[2:3])
         shared.SeriesDescription = _trim(f"CycleINR x{scale:g} {model_name}: "
-                                         f"{first.get('SeriesDescription', '')}".rstrip(": "), 64)
+                                         f"{first.get('SeriesDescription') or ''}".rstrip(": "), 64)
         shared.SeriesNumber = int(first.get("SeriesNumber") or 0) + 1000
         shared.SeriesDate, shared.SeriesTime = self.date, self.time
         shared.Manufacturer = "CycleINR"
