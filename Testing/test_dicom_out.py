@@ -400,3 +400,28 @@ def test_float_output_is_quantised_to_the_source_rescale_step(tmp_path, tiny_mod
     # the source's range) moved by whole steps, so the source's values stay exact
     for h in headers(tmp_path / "series"):
         assert float(h.RescaleSlope) == 0.5 and (float(h.RescaleIntercept) + 512) % 0.5 == 0
+
+
+@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy (dicom3tools) not installed")
+def test_dciodvfy_finds_no_error_in_any_file(cli_outputs):
+    """David Clunie's IOD validator, where installed (apt: dicom3tools), checks each file against
+    the CT Image IOD: no errors (the source crop itself has some; they must not be carried over)."""
+    series, _ = cli_outputs
+    for path in sorted(series.glob("*.dcm")):
+        report = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+        errors = [line for line in (report.stdout + report.stderr).splitlines() if line.startswith("Error")]
+        assert errors == [], f"{path.name}: {errors}"
+
+
+@pytest.mark.skipif(shutil.which("dcm2niix") is None, reason="dcm2niix not installed")
+def test_dcm2niix_reads_the_same_voxels_where_they_were(cli_outputs, tmp_path):
+    """An independent reader (dcm2niix, its own DICOM parser and slice sorting) puts every voxel of
+    the series at the same point in patient space with the same value as the NRRD output."""
+    series, volume = cli_outputs
+    done = subprocess.run(["dcm2niix", "-z", "n", "-f", "converted", "-o", str(tmp_path), str(series)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    converted, expected = sitk.ReadImage(str(tmp_path / "converted.nii")), sitk.ReadImage(str(volume))
+    on_grid = sitk.Resample(converted, expected, sitk.Transform(), sitk.sitkNearestNeighbor, -32768,
+                            expected.GetPixelID())
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(on_grid), sitk.GetArrayFromImage(expected))
