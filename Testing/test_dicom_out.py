@@ -242,10 +242,18 @@ def entries(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir())
 
 
-def test_failure_midway_leaves_nothing(tmp_path, tiny_model, monkeypatch):
+def write_as_derived(source_folder: Path, target: Path, **options) -> Path:
+    """The writer alone (no network): the source's own volume as a derived series."""
+    from cycleinr.dicom_out import read_source_series, write_dicom_series
+    from cycleinr.volumes import read_image
+
+    return write_dicom_series(read_image(source_folder), read_source_series(source_folder), target,
+                              scale=1.0, slice_axis=0, model_name="none", **options)
+
+
+def test_failure_midway_leaves_nothing(tmp_path, monkeypatch):
     from cycleinr import dicom_out
     from cycleinr.errors import OutputError
-    from cycleinr.jobs import super_resolve_file
 
     saved = []
     original = dicom_out._save
@@ -258,20 +266,17 @@ def test_failure_midway_leaves_nothing(tmp_path, tiny_model, monkeypatch):
 
     monkeypatch.setattr(dicom_out, "_save", fail_on_fourth)
     with pytest.raises(OutputError, match="No space left"):
-        super_resolve_file(DICOM_CROP, tmp_path / "series", scale=2, model=tiny_model, device="cpu",
-                           output_format="dicom")
+        write_as_derived(DICOM_CROP, tmp_path / "series")
     assert len(saved) == 3 and entries(tmp_path) == []
 
 
 @pytest.mark.parametrize("damage", ["pixel", "position"])
-def test_a_file_that_fails_the_read_back_check_publishes_nothing(tmp_path, tiny_model, monkeypatch, damage):
+def test_a_file_that_fails_the_read_back_check_publishes_nothing(tmp_path, monkeypatch, damage):
     """The verification reads the files back: one damaged slice and the folder never appears,
     and an existing output being replaced stays as it was."""
     from cycleinr import dicom_out
     from cycleinr.errors import OutputError
-    from cycleinr.jobs import super_resolve_file
 
-    options = dict(scale=2, model=tiny_model, device="cpu", output_format="dicom")
     shutil.copytree(DICOM_CROP, tmp_path / "series")  # an earlier output (a folder of .dcm files)
     before = {p.name: p.read_bytes() for p in (tmp_path / "series").iterdir()}
     original = dicom_out._save
@@ -289,7 +294,34 @@ def test_a_file_that_fails_the_read_back_check_publishes_nothing(tmp_path, tiny_
 
     monkeypatch.setattr(dicom_out, "_save", damage_slice_five)
     with pytest.raises(OutputError, match="failed its check"):
-        super_resolve_file(DICOM_CROP, tmp_path / "series", overwrite=True, **options)
+        write_as_derived(DICOM_CROP, tmp_path / "series", overwrite=True)
+    assert entries(tmp_path) == ["series"]
+    assert {p.name: p.read_bytes() for p in (tmp_path / "series").iterdir()} == before
+
+
+def test_a_failed_swap_puts_the_old_output_back(tmp_path, monkeypatch):
+    """Replacing: the old folder is moved aside, the new one renamed in; if that rename fails the
+    old one is put back and the new one removed."""
+    import os
+
+    from cycleinr import dicom_out
+    from cycleinr.errors import OutputError
+
+    shutil.copytree(DICOM_CROP, tmp_path / "series")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "series").iterdir()}
+    renames = []
+    real_rename = os.rename
+
+    def rename(source, target):
+        renames.append(Path(source).name)
+        if Path(source).name.endswith(".partial"):
+            raise OSError(5, "Input/output error")
+        real_rename(source, target)
+
+    monkeypatch.setattr(dicom_out.os, "rename", rename)
+    with pytest.raises(OutputError, match="Input/output error"):
+        write_as_derived(DICOM_CROP, tmp_path / "series", overwrite=True)
+    assert len(renames) == 3  # old aside, new in (fails), old back
     assert entries(tmp_path) == ["series"]
     assert {p.name: p.read_bytes() for p in (tmp_path / "series").iterdir()} == before
 
@@ -353,11 +385,9 @@ def test_values_outside_the_source_encoding_are_written_without_loss(tmp_path):
         (16, 16, 1.0, -2000.0)}
 
 
-def test_invalid_source_values_are_dropped_not_written(tmp_path, tiny_model):
+def test_invalid_source_values_are_dropped_not_written(tmp_path):
     """A source value that breaks its VR (readers tolerate it) is left out with a warning; the
     written files stay valid under pydicom's strict reading."""
-    from cycleinr.jobs import super_resolve_file
-
     sloppy = tmp_path / "sloppy"
     sloppy.mkdir()
     for path in sorted(DICOM_CROP.glob("*.dcm")):
@@ -365,8 +395,7 @@ def test_invalid_source_values_are_dropped_not_written(tmp_path, tiny_model):
         ds.PatientSex = "female"  # CS allows upper case, digits, space and _ only
         ds.save_as(sloppy / path.name)
     with pytest.warns(UserWarning) as caught:
-        super_resolve_file(sloppy, tmp_path / "series", scale=2, model=tiny_model, device="cpu",
-                           output_format="dicom")
+        write_as_derived(sloppy, tmp_path / "series")
     messages = [str(w.message) for w in caught if "not copying" in str(w.message)]
     assert len(messages) == 1 and messages[0].startswith("not copying PatientSex")
     assert {h.PatientSex for h in headers(tmp_path / "series")} == {""}  # type 2: present, empty
