@@ -21,8 +21,14 @@ def expected_output(image, scale=None, target_spacing=None, slice_axis=None):
 
 def super_resolve_file(input_path: str | os.PathLike, output_path: str | os.PathLike,
                        scale: float | None = None, target_spacing: float | None = None,
-                       slice_axis=None, overwrite: bool = False, **options):
-    """Read, check everything (output path, disk space), super-resolve, write atomically."""
+                       slice_axis=None, overwrite: bool = False, output_format: str = "volume", **options):
+    """Read, check everything (output path, disk space), super-resolve, write atomically.
+
+    ``output_format="dicom"``: a DICOM series in, a derived DICOM series folder out (dicom_out)."""
+    if output_format == "dicom":
+        from .dicom_out import super_resolve_to_dicom
+        return super_resolve_to_dicom(input_path, output_path, scale, target_spacing, slice_axis,
+                                      overwrite, **options)
     output_path = Path(output_path)
     if output_path.exists() and Path(input_path).exists() and output_path.resolve() == Path(input_path).resolve():
         raise OutputError(f"output would overwrite the input {output_path}; the input is never modified")

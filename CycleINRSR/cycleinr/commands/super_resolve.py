@@ -39,6 +39,9 @@ def add_arguments(parser) -> None:
                              "and the work goes on uncompiled")
     parser.add_argument("--format", default=".nii.gz", choices=[".nii.gz", ".nii", ".nrrd", ".mha"],
                         help="output format in batch mode")
+    parser.add_argument("--output-format", default="volume", choices=["volume", "dicom"],
+                        help="volume: a file in the format its suffix (in batch mode --format) names; dicom: "
+                             "a derived DICOM series folder per input, for PACS (DICOM series input only)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(run=run)
 
@@ -64,7 +67,8 @@ def run(args) -> int:
     options = dict(scale=args.scale, target_spacing=args.spacing, slice_axis=args.axis,
                    model=args.model, device=_device_for_rank(args.device), overwrite=args.overwrite,
                    tile_size=args.tile_size, halo=args.halo, skip_below=args.skip_below,
-                   keep_acquired=args.keep_acquired, compile_model=args.compile)
+                   keep_acquired=args.keep_acquired, compile_model=args.compile,
+                   output_format=args.output_format)
     show = not args.no_progress and sys.stderr.isatty()
     if not source.is_dir() or _is_dicom_folder(source):
         with warnings.catch_warnings(record=True) as caught:
@@ -78,7 +82,11 @@ def run(args) -> int:
         return 0
     rank, world = _rank_world()
     check_batch_output(target, args.overwrite)
-    items = list_inputs(source)[rank::world]
+    items = list_inputs(source)
+    if args.output_format == "dicom":
+        from ..dicom_out import check_dicom_inputs
+        check_dicom_inputs(items)
+    items = items[rank::world]
     target.mkdir(parents=True, exist_ok=True)
     if items:
         # one model for the whole batch: loaded once, and compiled once with --compile
@@ -88,7 +96,7 @@ def run(args) -> int:
         options["model"] = pick_model(args.model, resolve_device(options["device"]))
     failures = 0
     for item in items:
-        destination = target / output_name(item, args.format)
+        destination = target / (item.name if args.output_format == "dicom" else output_name(item, args.format))
         try:
             with progress_bar(item.name, enabled=show) as bar:
                 super_resolve_file(item, destination, progress=bar, **options)
