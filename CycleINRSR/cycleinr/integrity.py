@@ -46,6 +46,9 @@ def read_header(path: Path):
     try:
         reader.ReadImageInformation()
     except RuntimeError as error:
+        if _name(path).lower().endswith(".gz"):
+            for _ in gzip_chunks(path):  # a damaged stream says so, rather than "no ImageIO"
+                pass
         raise InputError(f"cannot read the header of {_name(path)}: {_itk_reason(error)}") from None
     return reader
 
@@ -235,13 +238,14 @@ def check_nifti_scaling(layout: NiftiLayout, label: str) -> None:
                          f"(scl_slope {layout.scl_slope}, scl_inter {layout.scl_inter})")
 
 
-def check_nifti_data(path: Path):
+def check_nifti_data(path: Path, full: bool = False):
     """Data size, gzip completeness and CRC, and the raw float values, against the header.
 
     Returns None when everything is checked, or, for a gzip file of integers that ITK keeps as
     stored, a check to run on the image once read: the gzip trailer's CRC-32 over the header bytes
     and ITK's own buffer. That saves decompressing the file twice (on the 512x512x269 CT,
-    ~0.15 s instead of ~1 s); where it does not match, the full streaming check decides."""
+    ~0.15 s instead of ~1 s); where it does not match, the full streaming check decides.
+    ``full`` forces that streaming check (to explain a read that failed)."""
     label = _name(path)
     layout = nifti_layout(path)
     check_nifti_scaling(layout, label)
@@ -250,7 +254,7 @@ def check_nifti_data(path: Path):
     if not compressed and scan.dtype is None:
         check_data_size(path.stat().st_size - layout.vox_offset, layout.data_bytes, label)
         return None
-    if compressed and scan.dtype is None and _kept_as_stored(layout):
+    if compressed and scan.dtype is None and _kept_as_stored(layout) and not full:
         trailer = gzip_trailer(path)
         if trailer is not None and trailer[1] == (layout.vox_offset + layout.data_bytes) % 2**32:
             return lambda image: _check_crc_of_image(path, layout, trailer[0], image)
@@ -669,10 +673,11 @@ def check_dicom_geometry(image, files: list[Path], spacing: float, folder: Path)
 
 # --- one entry point per file --------------------------------------------------------------------
 
-def check_volume_file(path: Path, suffix: str):
+def check_volume_file(path: Path, suffix: str, full: bool = False):
     """Every check that can be made on a volume file from its header and raw bytes, before ITK
     allocates anything: data files, memory, data size, compressed streams, raw float values.
-    Returns None, or a check to run on the image once read (see check_nifti_data)."""
+    Returns None, or a check to run on the image once read (see check_nifti_data; ``full``
+    makes every check now)."""
     meta = metaimage_header(path) if suffix in (".mha", ".mhd") else None
     if suffix in (".nrrd", ".nhdr"):
         check_nrrd_data(path)
@@ -680,7 +685,7 @@ def check_volume_file(path: Path, suffix: str):
     needed = header_bytes(reader)
     check_fits_in_memory(needed, _name(path))
     if suffix in (".nii", ".nii.gz"):
-        return check_nifti_data(path)
+        return check_nifti_data(path, full)
     if meta is not None:
         check_metaimage_data(path, meta, needed)
     return None

@@ -54,12 +54,28 @@ def read_image(path: str | os.PathLike):
         try:
             image = sitk.ReadImage(str(path))
         except RuntimeError as error:
+            if check_after_read is not None:  # the CRC check was deferred: say what is damaged
+                check_volume_file(path, suffix, full=True)
             raise InputError(f"cannot read {path.name}: {_first_line(error)}") from None
         if check_after_read is not None:
             check_after_read(image)
     check_image(image, path.name)
     check_finite_image(image, path.name)
     return image
+
+
+def check_readable(path: str | os.PathLike) -> None:
+    """The checks of read_image that need no voxel read (headers, data files, sizes, streams,
+    DICOM positions): for jobs over many inputs, so a bad one is refused before any work."""
+    from .integrity import check_fits_in_memory, check_volume_file, dicom_series_bytes, dicom_series_files
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"input not found: {path}")
+    if path.is_dir():
+        check_fits_in_memory(dicom_series_bytes(dicom_series_files(path)[0]), path.name)
+    elif _suffix(path) in READ_SUFFIXES:
+        check_volume_file(path, _suffix(path))  # the CRC check deferred to the read, if any, runs then
 
 
 def _read_dicom_series(folder: Path):
