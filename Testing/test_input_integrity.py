@@ -106,6 +106,20 @@ def test_corrupt_gzip_data_is_refused(tmp_path, small_ct, capsys, where):
     assert "ct.nii.gz is damaged" in err
 
 
+def test_corrupt_gzip_data_that_simpleitk_reads_is_refused(tmp_path, capsys):
+    """A flipped byte inside the deflate data of the whole head CT crop: SimpleITK decodes it
+    without a word (other voxels); the gzip CRC-32 says it is not what was written."""
+    (tmp_path / "in").mkdir()
+    source = tmp_path / "in" / "head.nii.gz"
+    data = bytearray(HEAD_CT.read_bytes())
+    data[len(data) // 2] ^= 0x55
+    source.write_bytes(bytes(data))
+    silently = sitk.GetArrayFromImage(sitk.ReadImage(str(source)))
+    assert not np.array_equal(silently, sitk.GetArrayFromImage(sitk.ReadImage(str(HEAD_CT))))
+    err = _refused_by_cli(source, tmp_path / "out", capsys)
+    assert "head.nii.gz is damaged: its data does not match the CRC-32 recorded in its gzip trailer" in err
+
+
 @pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
 def test_nan_in_float_nifti_is_refused_though_the_reader_shows_zero(tmp_path, small_ct, capsys, suffix):
     (tmp_path / "in").mkdir()
@@ -402,3 +416,10 @@ def test_gzip_stream_check_reads_whole_members(tmp_path, small_ct):
     source.write_bytes(gzip.compress(plain[:1000]) + gzip.compress(plain[1000:]))
     image = read_image(source)
     assert np.array_equal(sitk.GetArrayViewFromImage(image), sitk.GetArrayViewFromImage(small_ct))
+    padded = tmp_path / "padded.nii.gz"  # zero padding after the stream, as tape/network copies leave
+    padded.write_bytes(gzip.compress(plain) + b"\0" * 3000)
+    assert np.array_equal(sitk.GetArrayViewFromImage(read_image(padded)), sitk.GetArrayViewFromImage(small_ct))
+    glued = tmp_path / "glued.nii.gz"
+    glued.write_bytes(gzip.compress(plain) + b"not gzip")
+    with pytest.raises(InputError, match="glued.nii.gz: unknown data after its gzip stream"):
+        read_image(glued)

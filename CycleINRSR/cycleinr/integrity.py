@@ -76,21 +76,35 @@ def check_fits_in_memory(needed_bytes: int, label: str, available_bytes: int | N
 
 def gzip_chunks(path: Path, offset: int = 0):
     """The decompressed bytes of a gzip file (or of a gzip stream starting at ``offset``), checked:
-    an end marker and a matching CRC for every member, else InputError."""
+    every member complete (end marker) with a matching CRC-32 and length, else InputError.
+    Members may follow one another (gzip allows it); zero padding after the last is ignored,
+    as zlib's gzread (hence ITK) ignores it."""
+    name = _name(path)
+    inflater, members, pending = None, 0, b""
     with open(path, "rb") as raw:
         raw.seek(offset)
-        stream = gzip.GzipFile(fileobj=raw, mode="rb")
-        try:
-            while chunk := stream.read(CHUNK_BYTES):
-                yield chunk
-        except EOFError:
-            raise InputError(f"{_name(path)} is truncated: its compressed data ends before the gzip "
-                             "end marker (an interrupted copy?)") from None
-        except gzip.BadGzipFile as error:
-            raise InputError(f"{_name(path)} is damaged: {error} (the gzip data does not match its "
-                             "checksum)") from None
-        except zlib.error as error:
-            raise InputError(f"{_name(path)} is damaged: corrupt compressed data ({error})") from None
+        while block := pending or raw.read(CHUNK_BYTES):
+            pending = b""
+            if inflater is None:
+                if members and not block.strip(b"\0"):
+                    continue  # zero padding after the last member
+                if members and not block.startswith(b"\x1f\x8b"):
+                    raise InputError(f"cannot read {name}: unknown data after its gzip stream")
+                inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            try:
+                yield inflater.decompress(block)
+            except zlib.error as error:
+                reason = str(error).split(":")[-1].strip()
+                if reason in ("incorrect data check", "incorrect length check"):
+                    what = "CRC-32" if "data" in reason else "length"
+                    raise InputError(f"{name} is damaged: its data does not match the {what} recorded "
+                                     "in its gzip trailer") from None
+                raise InputError(f"cannot read {name}: damaged or not gzip data ({reason})") from None
+            if inflater.eof:
+                members, pending, inflater = members + 1, inflater.unused_data, None
+    if inflater is not None or not members:
+        raise InputError(f"{name} is truncated: its compressed data ends before the gzip end marker "
+                         "(an interrupted copy?)")
 
 
 def zlib_chunks(path: Path, offset: int = 0):
