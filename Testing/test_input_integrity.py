@@ -165,6 +165,24 @@ def test_truncated_mha_is_refused_with_the_reason(tmp_path, small_ct, capsys, co
     assert "ct.mha is truncated" in err
 
 
+@pytest.mark.parametrize("compress", [False, True])
+def test_truncated_nrrd_is_refused_with_the_reason(tmp_path, small_ct, capsys, compress):
+    (tmp_path / "in").mkdir()
+    source = _cut(_write(small_ct, tmp_path / "in" / "ct.nrrd", compress), 0.6)
+    err = _refused_by_cli(source, tmp_path / "out", capsys)
+    assert "ct.nrrd is truncated" in err
+
+
+def test_nrrd_longer_than_its_header_says_is_refused(tmp_path, small_ct, capsys):
+    (tmp_path / "in").mkdir()
+    source = _write(small_ct, tmp_path / "in" / "ct.nrrd", False)
+    with open(source, "ab") as stream:
+        stream.write(b"\0" * 2048)
+    assert sitk.ReadImage(str(source)).GetSize() == small_ct.GetSize()  # teem ignores the extra bytes
+    err = _refused_by_cli(source, tmp_path / "out", capsys)
+    assert "the header does not describe this data" in err
+
+
 def test_truncated_mhd_data_file_is_refused(tmp_path, small_ct, capsys):
     (tmp_path / "in").mkdir()
     source = _write(small_ct, tmp_path / "in" / "ct.mhd", False)

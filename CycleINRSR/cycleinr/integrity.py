@@ -432,14 +432,17 @@ def check_metaimage_data(path: Path, header: MetaImageHeader, expected_bytes: in
 
 # --- NRRD (.nrrd, .nhdr) -------------------------------------------------------------------------
 
-def nrrd_fields(path: Path) -> tuple[dict[str, str], list[str]]:
-    """(fields, the lines after a ``data file: LIST``); the header ends at the first blank line."""
+def nrrd_fields(path: Path) -> tuple[dict[str, str], int, list[str]]:
+    """(fields, header length in bytes, the lines after a ``data file: LIST``); the header ends
+    at the first blank line (attached data follow it)."""
     with open(path, "rb") as stream:
         text = stream.read(1 << 16)
     lines = text.split(b"\n")
     fields: dict[str, str] = {}
     listed: list[str] = []
+    length = 0
     for number, raw in enumerate(lines):
+        length += len(raw) + 1
         line = raw.decode("latin-1").rstrip("\r")
         if number == 0:
             if not line.startswith("NRRD"):
@@ -451,11 +454,12 @@ def nrrd_fields(path: Path) -> tuple[dict[str, str], list[str]]:
             continue
         if ":" in line:
             key, value = (part.strip() for part in line.split(":", 1))
-            fields[key.lower().replace(" ", "")] = value
-            if key.lower().replace(" ", "") == "datafile" and value.split()[0].upper() == "LIST":
+            key = key.lower().replace(" ", "")
+            fields[key] = value
+            if key == "datafile" and value.split() and value.split()[0].upper() == "LIST":
                 listed = [item.decode("latin-1").strip() for item in lines[number + 1:] if item.strip()]
                 break
-    return fields, listed
+    return fields, length, listed
 
 
 def nrrd_data_files(fields: dict[str, str], listed: list[str]) -> list[str]:
@@ -470,12 +474,42 @@ def nrrd_data_files(fields: dict[str, str], listed: list[str]) -> list[str]:
     return [value]
 
 
-def check_nrrd_data(path: Path) -> None:
-    """Detached NRRD data must sit beside the header (teem itself refuses short or corrupt data)."""
-    fields, listed = nrrd_fields(path)
+@dataclass
+class NrrdHeader:
+    fields: dict[str, str]
+    header_length: int
+    data_files: list[Path]      # confined; empty for attached data
+
+
+def nrrd_header(path: Path) -> NrrdHeader:
+    """The header, with its data files (if detached) confined to its folder, before ITK opens them."""
+    fields, length, listed = nrrd_fields(path)
     names = nrrd_data_files(fields, listed)
-    if names:
-        confine_data_files(path, names)
+    return NrrdHeader(fields, length, confine_data_files(path, names) if names else [])
+
+
+def check_nrrd_data(path: Path, header: NrrdHeader, expected_bytes: int, full: bool = False) -> None:
+    """Raw data of exactly the declared size (teem refuses short data but reads past a long
+    file's extra bytes). Gzip data are left to teem, which checks them, unless ``full`` (to
+    explain a read that failed)."""
+    fields = header.fields
+    encoding = fields.get("encoding", "").lower()
+    if len(header.data_files) > 1 or encoding not in ("raw", "gzip", "gz"):
+        return
+    source = header.data_files[0] if header.data_files else path
+    offset = 0 if header.data_files else header.header_length
+    if encoding != "raw":
+        if full:
+            total = sum(len(chunk) for chunk in gzip_chunks(source, offset))
+            check_data_size(total - int(fields.get("byteskip", "0") or 0), expected_bytes, _name(path))
+        return
+    try:
+        line_skip, byte_skip = int(fields.get("lineskip", "0")), int(fields.get("byteskip", "0"))
+    except ValueError:
+        return
+    if line_skip or byte_skip < 0:  # -1: the data are the file's last bytes
+        return
+    check_data_size(source.stat().st_size - offset - byte_skip, expected_bytes, _name(path))
 
 
 # --- DICOM series --------------------------------------------------------------------------------
@@ -693,8 +727,7 @@ def check_volume_file(path: Path, suffix: str, full: bool = False):
     Returns None, or a check to run on the image once read (see check_nifti_data; ``full``
     makes every check now)."""
     meta = metaimage_header(path) if suffix in (".mha", ".mhd") else None
-    if suffix in (".nrrd", ".nhdr"):
-        check_nrrd_data(path)
+    nrrd = nrrd_header(path) if suffix in (".nrrd", ".nhdr") else None
     reader = read_header(path)
     needed = header_bytes(reader)
     check_fits_in_memory(needed, _name(path))
@@ -702,4 +735,6 @@ def check_volume_file(path: Path, suffix: str, full: bool = False):
         return check_nifti_data(path, full)
     if meta is not None:
         check_metaimage_data(path, meta, needed)
+    if nrrd is not None:
+        check_nrrd_data(path, nrrd, needed, full)
     return None

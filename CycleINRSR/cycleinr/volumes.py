@@ -54,7 +54,7 @@ def read_image(path: str | os.PathLike):
         try:
             image = sitk.ReadImage(str(path))
         except RuntimeError as error:
-            if check_after_read is not None:  # the CRC check was deferred: say what is damaged
+            if suffix != ".dcm":  # say what is damaged, where the file itself can tell
                 check_volume_file(path, suffix, full=True)
             raise InputError(f"cannot read {path.name}: {_first_line(error)}") from None
         if check_after_read is not None:
