@@ -16,7 +16,6 @@ from __future__ import annotations
 import gzip
 import math
 import os
-import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ import numpy as np
 from .errors import InputError
 
 CHUNK_BYTES = 1 << 20
+INFLATED_BYTES = 8 << 20  # at most this much decompressed at a time (a small file may inflate 1000x)
 # NIfTI datatype codes (nifti1.h) of the element types a scalar volume can have
 NIFTI_DTYPES = {2: "u1", 4: "i2", 8: "i4", 16: "f4", 64: "f8", 256: "i1", 512: "u2", 768: "u4",
                 1024: "i8", 1280: "u8"}
@@ -92,7 +92,9 @@ def gzip_chunks(path: Path, offset: int = 0):
                     raise InputError(f"cannot read {name}: unknown data after its gzip stream")
                 inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
             try:
-                yield inflater.decompress(block)
+                while block and not inflater.eof:
+                    yield inflater.decompress(block, INFLATED_BYTES)
+                    block = inflater.unconsumed_tail
             except zlib.error as error:
                 reason = str(error).split(":")[-1].strip()
                 if reason in ("incorrect data check", "incorrect length check"):
@@ -113,11 +115,10 @@ def zlib_chunks(path: Path, offset: int = 0):
     with open(path, "rb") as raw:
         raw.seek(offset)
         try:
-            while block := raw.read(CHUNK_BYTES):
-                if inflater.eof:
-                    break
-                yield inflater.decompress(block)
-            yield inflater.flush()
+            while (block := raw.read(CHUNK_BYTES)) and not inflater.eof:
+                while block and not inflater.eof:
+                    yield inflater.decompress(block, INFLATED_BYTES)
+                    block = inflater.unconsumed_tail
         except zlib.error as error:
             raise InputError(f"{_name(path)} is damaged: corrupt compressed data ({error})") from None
     if not inflater.eof:
@@ -317,10 +318,10 @@ def _stream_nifti(path: Path, layout: NiftiLayout, compressed: bool) -> None:
             cut = min(skip, len(chunk))
             chunk, skip = chunk[cut:], skip - cut
         total += len(chunk)
-        if total <= layout.data_bytes:
-            scan.feed(chunk)
-        else:  # a long file: scan only what the header describes (then refused for its size)
-            scan.feed(chunk[:max(0, len(chunk) - (total - layout.data_bytes))])
+        if total > layout.data_bytes:  # no need to inflate the rest (nor a "zip bomb")
+            raise InputError(f"{label} holds more voxel data than the {layout.data_bytes:,} bytes its "
+                             "header declares: the header does not describe this data")
+        scan.feed(chunk)
     check_data_size(total, layout.data_bytes, label)
     check_finite_scan(scan, layout.size_xyz, label)
 
