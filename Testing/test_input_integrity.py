@@ -300,6 +300,11 @@ def test_dicom_copy_reads_with_its_spacing(dicom_copy):
     assert image.GetSize() == (512, 512, 8) and image.GetSpacing()[2] == pytest.approx(2.5)
 
 
+def test_dicom_folder_with_a_non_dicom_file_still_reads(dicom_copy):
+    (dicom_copy / "README.txt").write_text("exported by a PACS client\n")
+    assert read_image(dicom_copy).GetSize() == (512, 512, 8)
+
+
 def test_dicom_series_with_a_missing_slice_names_the_position(dicom_copy, tmp_path, capfd):
     missing = _z(dicom_copy / "1-125.dcm")
     (dicom_copy / "1-125.dcm").unlink()
@@ -457,3 +462,41 @@ def test_gzip_stream_check_reads_whole_members(tmp_path, small_ct):
     glued.write_bytes(gzip.compress(plain) + b"not gzip")
     with pytest.raises(InputError, match="glued.nii.gz: unknown data after its gzip stream"):
         read_image(glued)
+
+
+@pytest.mark.slow
+def test_console_script_matrix_of_damaged_inputs(tmp_path, small_ct):
+    """The issue's check, through the real console entry point (file descriptors, not Python
+    streams): exit 2, one stderr line, no traceback, nothing written, inputs byte-identical."""
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    _cut(_write(small_ct, cases / "cut.nii.gz"), 0.5)
+    volume = sitk.GetArrayFromImage(small_ct).astype(np.float32)
+    volume[1, 1, 1] = np.nan
+    nan_image = sitk.GetImageFromArray(volume)
+    nan_image.CopyInformation(small_ct)
+    _write(nan_image, cases / "nan.nii.gz")
+    (cases / "elsewhere.mha").write_text(_metaimage_header(str(HEAD_CT), (4, 4, 4)))
+    inputs = [cases / "cut.nii.gz", cases / "nan.nii.gz", cases / "elsewhere.mha"]
+    if DICOM_SERIES.is_dir():
+        series = cases / "series"
+        series.mkdir()
+        for source in sorted(DICOM_SERIES.glob("*.dcm"))[:6]:
+            if source.name != "1-123.dcm":
+                shutil.copyfile(source, series / source.name)
+        inputs.append(series)
+    before = _digests(cases)
+    env = dict(os.environ, PYTHONPATH=str(ENGINE_DIR))
+    for source in inputs:
+        out = tmp_path / "out"
+        out.mkdir()
+        done = subprocess.run([sys.executable, "-m", "cycleinr", "super-resolve", str(source),
+                               str(out / "result.nii.gz"), "--scale", "2"], capture_output=True, text=True,
+                              env=env)
+        assert done.returncode == 2, (source.name, done.stderr)
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("cycleinr: error:"), (source.name, done.stderr)
+        assert "Traceback" not in done.stdout + done.stderr
+        assert list(out.iterdir()) == []
+        out.rmdir()
+    assert _digests(cases) == before
