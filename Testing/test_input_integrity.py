@@ -500,3 +500,19 @@ def test_console_script_matrix_of_damaged_inputs(tmp_path, small_ct):
         assert list(out.iterdir()) == []
         out.rmdir()
     assert _digests(cases) == before
+
+
+def test_good_gzip_nifti_is_checked_without_decompressing_twice(monkeypatch, tmp_path):
+    """The cost claim: on a good int16 or float32 .nii.gz the CRC-32 over SimpleITK's buffer
+    matches the trailer, so the streaming pass never runs."""
+    import cycleinr.integrity as integrity
+
+    def no_second_pass(*args, **kwargs):
+        raise AssertionError("the file was decompressed a second time")
+
+    float_copy = sitk.Cast(sitk.ReadImage(str(HEAD_CT)), sitk.sitkFloat32)
+    float_path = _write(float_copy, tmp_path / "float.nii.gz")
+    monkeypatch.setattr(integrity, "_stream_nifti", no_second_pass)
+    monkeypatch.setattr(integrity, "gzip_chunks", no_second_pass)
+    for path in (HEAD_CT, float_path):
+        assert read_image(path).GetSize() == (96, 96, 48)
