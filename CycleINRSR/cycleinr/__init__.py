@@ -16,6 +16,7 @@ _EXPORTS = {
     "errors": ["Cancelled", "CycleINRError", "InputError", "ModelError", "OutputError", "ResourceError"],
     "geometry": ["OutputGrid", "output_positions", "output_slice_count", "plan_output"],
     "model": ["CycleINR", "build_model"],
+    "volumes": ["read_image"],
     "weights": ["LoadedModel", "default_model_path", "load_model", "save_model"],
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}

@@ -37,7 +37,9 @@ def bench_volume(shape_xyz: tuple[int, int, int]) -> tuple[np.ndarray, tuple[flo
     """The real sample CT mirrored (no seams) or cropped to ``shape_xyz``; array order [z, y, x]."""
     import SimpleITK as sitk
 
-    image = sitk.ReadImage(str(SAMPLE))
+    from .volumes import read_image
+
+    image = read_image(SAMPLE)  # the one checked reader, even for the bundled file
     sample = sitk.GetArrayFromImage(image)
     target = tuple(int(size) for size in reversed(shape_xyz))
     if min(target) < 2:

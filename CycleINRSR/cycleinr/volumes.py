@@ -29,8 +29,12 @@ def is_volume_file(path: Path) -> bool:
 
 
 def read_image(path: str | os.PathLike):
-    """A 3D scalar SimpleITK image from a file or a DICOM series folder."""
+    """A 3D scalar SimpleITK image from a file or a DICOM series folder, checked against the file
+    itself first (cycleinr.integrity: truncation, gzip CRC, raw NaN/Inf, data files outside the
+    header's folder, memory, DICOM slice positions) and then as read."""
     import SimpleITK as sitk
+
+    from .integrity import check_finite_image, check_fits_in_memory, check_volume_file, header_bytes, read_header
 
     path = Path(path)
     if not path.exists():
@@ -38,32 +42,59 @@ def read_image(path: str | os.PathLike):
     if path.is_dir():
         image = _read_dicom_series(path)
     else:
-        if _suffix(path) not in READ_SUFFIXES + (".dcm",):
+        suffix = _suffix(path)
+        if suffix not in READ_SUFFIXES + (".dcm",):
             raise InputError(f"unsupported input format {path.name!r}; use "
                              f"{', '.join(READ_SUFFIXES)} or a DICOM series folder")
+        check_after_read = None
+        if suffix == ".dcm":
+            check_fits_in_memory(header_bytes(read_header(path)), path.name)
+        else:
+            check_after_read = check_volume_file(path, suffix)
         try:
             image = sitk.ReadImage(str(path))
         except RuntimeError as error:
+            if suffix != ".dcm":  # say what is damaged, where the file itself can tell
+                check_volume_file(path, suffix, full=True)
             raise InputError(f"cannot read {path.name}: {_first_line(error)}") from None
+        if check_after_read is not None:
+            check_after_read(image)
     check_image(image, path.name)
+    check_finite_image(image, path.name)
     return image
 
 
+def check_readable(path: str | os.PathLike) -> None:
+    """The checks of read_image that need no voxel read (headers, data files, sizes, streams,
+    DICOM positions): for jobs over many inputs, so a bad one is refused before any work."""
+    from .integrity import check_fits_in_memory, check_volume_file, dicom_series_bytes, dicom_series_files
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"input not found: {path}")
+    if path.is_dir():
+        check_fits_in_memory(dicom_series_bytes(dicom_series_files(path)[0]), path.name)
+    elif _suffix(path) in READ_SUFFIXES:
+        check_volume_file(path, _suffix(path))  # the CRC check deferred to the read, if any, runs then
+
+
 def _read_dicom_series(folder: Path):
+    """The series' files in the order and spacing their own headers give, after the series checks
+    (one series, one grid, no missing/duplicate/uneven positions, no gantry tilt)."""
     import SimpleITK as sitk
 
+    from .integrity import check_dicom_geometry, check_fits_in_memory, dicom_series_bytes, dicom_series_files
+
+    files, spacing = dicom_series_files(folder)
+    check_fits_in_memory(dicom_series_bytes(files), folder.name)
     reader = sitk.ImageSeriesReader()
-    series = reader.GetGDCMSeriesIDs(str(folder))
-    if not series:
-        raise InputError(f"{folder} holds no DICOM series (and is not a volume file)")
-    if len(series) > 1:
-        raise InputError(f"{folder} holds {len(series)} DICOM series; point at a folder with one")
-    files = reader.GetGDCMSeriesFileNames(str(folder), series[0])
-    reader.SetFileNames(files)
+    reader.SetFileNames([str(file) for file in files])
     try:
-        return reader.Execute()
+        image = reader.Execute()
     except RuntimeError as error:
         raise InputError(f"cannot read the DICOM series in {folder}: {_first_line(error)}") from None
+    check_dicom_geometry(image, files, spacing, folder)
+    return image
 
 
 def check_image(image, label: str = "input") -> None:

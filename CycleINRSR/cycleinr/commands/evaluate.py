@@ -95,9 +95,11 @@ def run(args) -> int:
     from ..api import slice_axis_of_image
     from ..eval_report import Results
     from ..geometry import choose_slice_axis
-    from ..volumes import read_image
+    from ..volumes import check_readable, read_image
 
     inputs = _inputs(args.data)
+    for path in inputs:
+        check_readable(path)  # a damaged volume among several is refused before any work
     methods = dict(protocol.method_from_spec(spec, args.device, args.skip_below) for spec in args.methods)
     for scale in args.scales:
         protocol.exact_ratio(scale)  # fail before any work on a scale without ground truth
