@@ -91,6 +91,8 @@ def test_holdouts_share_no_patient_with_training(manifest):
     assert not train & {entry["patient"] for entry in holdout}
     assert any("chest" in entry["region"] and "z" in entry["thin_axes"] and entry["spacing"][2] <= 1.25
                for entry in holdout), "no thin chest hold-out"
+    assert any(("abdomen" in entry["region"] or "pelvis" in entry["region"]) and "z" in entry["thin_axes"]
+               for entry in holdout), "no thin abdomen or pelvis hold-out"
 
 
 def _copy_series(tmp_path: Path, count: int | None = None) -> Path:
@@ -132,6 +134,28 @@ def test_a_series_with_a_missing_slice_is_refused(tmp_path, builder):
     with pytest.raises(builder.BuildError, match="uneven slice steps"):
         builder.convert_to_nifti(folder, tmp_path / "ct.nii.gz")
     assert not (tmp_path / "ct.nii.gz").exists()
+
+
+def test_a_slice_range_builds_the_even_run_of_a_series_with_a_gap(tmp_path, builder):
+    """Some public series miss slices (TCIA removed some): an entry can name the even run it uses."""
+    import SimpleITK as sitk
+
+    folder = _copy_series(tmp_path, 6)
+    ordered = builder._series_files(folder, None)
+    Path(ordered[4]).unlink()  # a gap between the 4th and the 6th slice
+    with pytest.raises(builder.BuildError, match="uneven slice steps"):
+        builder.convert_to_nifti(folder, tmp_path / "whole.nii.gz")
+
+    info = builder.convert_to_nifti(folder, tmp_path / "run.nii.gz", slices={"first": 0, "count": 4})
+    built = sitk.ReadImage(str(tmp_path / "run.nii.gz"))
+    assert info["size"] == [512, 512, 4]
+    reference = sitk.ReadImage(ordered[0])
+    np.testing.assert_allclose(built.GetOrigin(), reference.GetOrigin(), atol=1e-3)
+    with pytest.raises(builder.BuildError, match="uneven slice steps"):
+        builder.convert_to_nifti(folder, tmp_path / "across.nii.gz", slices={"first": 2, "count": 3})
+    with pytest.raises(builder.BuildError, match="slice range"):
+        builder.convert_to_nifti(folder, tmp_path / "past.nii.gz", slices={"first": 3, "count": 4})
+    assert not (tmp_path / "across.nii.gz").exists() and not (tmp_path / "past.nii.gz").exists()
 
 
 def test_crop_keeps_physical_positions_and_build_verifies_against_the_entry(tmp_path, builder):

@@ -9,6 +9,8 @@ commit (GitHub) or package version (Debian), never a copy kept in this repositor
    ``git clone --mirror`` from GitHub when the network allows; a Debian package is fetched with
    ``apt-get download`` and unpacked with ``dpkg -x``;
 2. copy the entry's files out of that commit blob by blob (files a snapshot lacks are skipped);
+   a DICOM entry may name the even run of slices it uses (``slices``) where the published series
+   itself misses some;
 3. convert the DICOM series (or volume file) with SimpleITK to int16 HU NIfTI, keeping the
    scanner's geometry and clipping the reconstruction's padding (e.g. -3024) to -1024 HU;
 4. check the result against the manifest (size, spacing) and print a summary.
@@ -205,13 +207,24 @@ def read_invesalius_project(path: Path):
     return image
 
 
-def read_volume(source: Path, series_uid: str | None = None):
-    """A SimpleITK image from a DICOM series folder, an InVesalius project or a volume file,
-    geometry as the source wrote it."""
+def select_slices(files: list[str], slices: dict | None) -> list[str]:
+    """The run ``first`` .. ``first + count - 1`` of the position-sorted series (an entry names one
+    where the published series itself misses slices); the whole series without a range."""
+    if not slices:
+        return files
+    first, count = int(slices["first"]), int(slices["count"])
+    if first < 0 or count < 2 or first + count > len(files):
+        raise BuildError(f"slice range {first}..{first + count - 1} does not fit a series of {len(files)} slices")
+    return files[first:first + count]
+
+
+def read_volume(source: Path, series_uid: str | None = None, slices: dict | None = None):
+    """A SimpleITK image from a DICOM series folder (or a slice range of it), an InVesalius project
+    or a volume file, geometry as the source wrote it."""
     import SimpleITK as sitk
 
     if source.is_dir():
-        files = _series_files(source, series_uid)
+        files = select_slices(_series_files(source, series_uid), slices)
         check_uniform_steps(files)
         reader = sitk.ImageSeriesReader()
         reader.SetFileNames(files)
@@ -262,13 +275,13 @@ def apply_crop(image, crop: dict | None):
 
 
 def convert_to_nifti(source: Path, output: Path, series_uid: str | None = None,
-                     crop: dict | None = None) -> dict:
-    """Convert one series or volume file to int16 HU NIfTI at ``output`` (written to a temporary
-    name and renamed, so no half-written file stays), cut to ``crop`` if given. Returns size,
-    spacing and noise."""
+                     crop: dict | None = None, slices: dict | None = None) -> dict:
+    """Convert one series (or its ``slices`` range) or volume file to int16 HU NIfTI at ``output``
+    (written to a temporary name and renamed, so no half-written file stays), cut to ``crop`` if
+    given. Returns size, spacing and noise."""
     import SimpleITK as sitk
 
-    image = apply_crop(to_int16_hu(read_volume(Path(source), series_uid)), crop)
+    image = apply_crop(to_int16_hu(read_volume(Path(source), series_uid, slices)), crop)
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(output.name + ".partial.nii.gz")
     sitk.WriteImage(image, str(partial), True)
@@ -363,7 +376,7 @@ def build(manifest: dict, output: Path, work: Path, mirror_root: Path | None = N
                     measured = describe(sitk.ReadImage(str(target)))
                 else:
                     measured = convert_to_nifti(source, target, entry["source"].get("series_uid"),
-                                                entry.get("crop"))
+                                                entry.get("crop"), entry["source"].get("slices"))
                 built, row["status"] = True, "built"
             verify(entry, measured)
         except BuildError as error:
