@@ -352,7 +352,7 @@ def _provenance(options: TrainOptions, volumes, step: int, seconds: float, devic
 
 def _save_checkpoint(run_dir: Path, network: CycleINR, info: ModelInfo, optimiser, sampler: PairSampler,
                      step: int, seconds: float, options: TrainOptions) -> None:
-    from safetensors.torch import save_file
+    from .output_files import write_safetensors_atomically, write_text_atomically
 
     save_model(run_dir / CHECKPOINT_WEIGHTS, network, info)
     tensors, scalars = {}, {}
@@ -364,14 +364,10 @@ def _save_checkpoint(run_dir: Path, network: CycleINR, info: ModelInfo, optimise
             else:
                 scalars[f"{index}.{key}"] = float(value)
     tensors["torch_rng"] = torch.get_rng_state()
-    partial = run_dir / f".{CHECKPOINT_STATE}.partial"
-    save_file(tensors, str(partial))
-    os.replace(partial, run_dir / CHECKPOINT_STATE)
+    write_safetensors_atomically(tensors, run_dir / CHECKPOINT_STATE)  # verified before it replaces the last
     state = {"step": step, "seconds": seconds, "sampler": sampler.state(), "optimiser_scalars": scalars,
              "options": {k: v for k, v in asdict(options).items()}}
-    partial_json = run_dir / f".{CHECKPOINT_JSON}.partial"
-    partial_json.write_text(json.dumps(state, indent=1))
-    os.replace(partial_json, run_dir / CHECKPOINT_JSON)
+    write_text_atomically(json.dumps(state, indent=1), run_dir / CHECKPOINT_JSON)
 
 
 def _resume(run_dir: Path, network: CycleINR, optimiser, sampler: PairSampler, rank: int,

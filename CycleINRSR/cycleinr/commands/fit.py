@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from . import add_scale_arguments
+from . import add_scale_arguments, finite_float
 
 
 def add_arguments(parser) -> None:
@@ -13,9 +13,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("output", help="output file (.nii/.nii.gz/.nrrd/.mha)")
     add_scale_arguments(parser)
     parser.add_argument("--model", help="weights to start from (default: the bundled model)")
-    parser.add_argument("--minutes", type=float, default=2.0, help="fine-tuning time limit (default 2)")
+    parser.add_argument("--minutes", type=finite_float, default=2.0, help="fine-tuning time limit (default 2)")
     parser.add_argument("--steps", type=int, help="stop after this many steps if sooner")
-    parser.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default 1e-4)")
+    parser.add_argument("--lr", type=finite_float, default=1e-4, help="Adam learning rate (default 1e-4)")
     parser.add_argument("--no-cycle", action="store_true", help="fine-tune with the L1 term only")
     parser.add_argument("--degrade", nargs="+", choices=["interval", "slab"], default=["interval", "slab"],
                         help="how LR in-plane pairs are made (default both)")
