@@ -10,7 +10,7 @@ from .api import slice_axis_of_image, super_resolve_image
 from .errors import InputError, OutputError
 from .geometry import plan_output
 from .native_messages import native_stderr_captured
-from .output_files import check_output_path, claim_output, write_image
+from .output_files import check_name_fits, check_output_path, claim_output, write_image
 from .volumes import is_volume_file, read_image
 
 
@@ -47,6 +47,7 @@ def check_not_into_input(input_path: str | os.PathLike, output_path: str | os.Pa
     """The output may not be the input, nor lie inside an input folder (a DICOM series folder):
     the next run on that folder would read the result back as input."""
     source, target = Path(input_path), Path(output_path)
+    check_name_fits(target)
     if not source.exists():
         return
     resolved_source = source.resolve()

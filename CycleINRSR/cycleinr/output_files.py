@@ -68,7 +68,9 @@ def _claim_path(path: Path) -> Path:
     return path.parent / f".cycleinr-{_host_tag()}-0-{digest}.claim"
 
 
-def _pid_alive(pid: int) -> bool:
+def _pid_alive(pid: int, since: float | None = None) -> bool:
+    """Whether process ``pid`` lives; with ``since`` (a file's mtime), a process started after
+    that time is a reuse of the number, not the writer (Linux: /proc start times)."""
     if pid <= 0:
         return False
     try:
@@ -76,8 +78,22 @@ def _pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True  # alive, another user's
+        pass  # alive, another user's
+    if since is not None:
+        started = _process_start_time(pid)
+        if started is not None and started > since + 1.0:
+            return False
     return True
+
+
+def _process_start_time(pid: int) -> float | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
 
 
 def remove_stale_partials(folder: str | os.PathLike) -> list[Path]:
@@ -97,7 +113,7 @@ def remove_stale_partials(folder: str | os.PathLike) -> list[Path]:
         if match.group(3) == "claim":
             if not _claim_stale(Path(entry.path)):
                 continue
-        elif _pid_alive(int(match.group(2))):
+        elif _pid_alive(int(match.group(2)), since=_mtime(entry.path)):
             continue
         with contextlib.suppress(OSError):
             os.remove(entry.path)
@@ -112,6 +128,19 @@ def _name_max(folder: Path) -> int:
         return 255
 
 
+def check_name_fits(path: str | os.PathLike) -> None:
+    """The output's file name must fit its file system (NAME_MAX, usually 255 bytes)."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    probe = folder
+    while not probe.is_dir() and probe != probe.parent:
+        probe = probe.parent  # the nearest existing folder says which file system it will be
+    name_bytes, limit = len(os.fsencode(path.name)), _name_max(probe)
+    if name_bytes > limit:
+        raise OutputError(f"output file name is {name_bytes} bytes long; the file system of {folder} "
+                          f"allows at most {limit}")
+
+
 def check_output_path(path: str | os.PathLike, overwrite: bool, expected_bytes: int = 0,
                       suffixes: tuple[str, ...] = WRITE_SUFFIXES) -> Path:
     """Everything knowable about an output before work: format, clash, folder, permission,
@@ -120,6 +149,7 @@ def check_output_path(path: str | os.PathLike, overwrite: bool, expected_bytes: 
     suffix = suffix_of(path)
     if suffixes and suffix not in suffixes:
         raise OutputError(f"unsupported output format {path.name!r}; use {', '.join(suffixes)}")
+    check_name_fits(path)
     if path.is_dir():
         raise OutputError(f"output is a folder: {path}")
     if path.exists() and not overwrite:
@@ -131,10 +161,6 @@ def check_output_path(path: str | os.PathLike, overwrite: bool, expected_bytes: 
         if folder.exists():
             raise OutputError(f"output folder is not a folder: {folder}")
         raise OutputError(f"output folder does not exist: {folder}")
-    name_bytes, limit = len(os.fsencode(path.name)), _name_max(folder)
-    if name_bytes > limit:
-        raise OutputError(f"output file name is {name_bytes} bytes long; the file system of {folder} "
-                          f"allows at most {limit}")
     remove_stale_partials(folder)
     _probe_writable(folder, suffix)
     free = shutil.disk_usage(folder).free
@@ -229,7 +255,14 @@ def _claim_stale(claim: Path) -> bool:
             return time.time() - claim.stat().st_mtime > _EMPTY_CLAIM_GRACE_S
         except OSError:
             return False
-    return parts[0] == _host_tag() and not _pid_alive(int(parts[1]))
+    return parts[0] == _host_tag() and not _pid_alive(int(parts[1]), since=_mtime(claim))
+
+
+def _mtime(path) -> float | None:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return None
 
 
 def _mode_for(path: Path, overwrite: bool) -> int:

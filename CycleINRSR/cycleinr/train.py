@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import CT_NORMALISATION, MR_NORMALISATION, ModelInfo, Normalisation, preset
-from .errors import Cancelled, InputError
+from .errors import Cancelled, InputError, OutputError
 from .model import CycleINR, build_model
 from .normalise import intensity_map
 from .pairs import Batch, PairSampler, TrainingVolume, fine_axes
@@ -198,7 +198,7 @@ def train(options: TrainOptions, progress: Callable[[float], None] | None = None
     torch_device = _training_device(device, local_rank)
     should_stop = (cancel.is_set if hasattr(cancel, "is_set") else cancel) or (lambda: False)
     run_dir = Path(options.output)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    _check_run_folder(run_dir)  # a read-only or full place fails now, not at the first checkpoint
 
     torch.manual_seed(options.seed)
     network, info = _initial_network(options)
@@ -348,6 +348,16 @@ def _provenance(options: TrainOptions, volumes, step: int, seconds: float, devic
         "batch_size": options.batch_size, "patch": options.patch, "lr_slices": options.lr_slices,
         "learning_rate": options.lr, "scales": "2.0-6.0 step 0.1", "seed": options.seed,
     }
+
+
+def _check_run_folder(run_dir: Path) -> None:
+    from .output_files import check_output_path
+
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputError(f"cannot create the run folder {run_dir}: {error.strerror or error}") from None
+    check_output_path(run_dir / CHECKPOINT_WEIGHTS, overwrite=True, suffixes=(".safetensors",))
 
 
 def _save_checkpoint(run_dir: Path, network: CycleINR, info: ModelInfo, optimiser, sampler: PairSampler,

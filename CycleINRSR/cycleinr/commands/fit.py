@@ -29,18 +29,18 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import SimpleITK as sitk
 
-    from ..errors import ModelError, OutputError
+    from ..errors import ModelError
     from ..finetune import fine_tune
-    from ..jobs import expected_output, super_resolve_file
+    from ..jobs import check_not_into_input, expected_output, super_resolve_file
     from ..volumes import check_output_path, read_image
     from ..weights import save_model
 
+    check_not_into_input(args.input, args.output)
     check_output_path(args.output, args.overwrite)  # fail before minutes of fine-tuning
     if args.save_model:
         if not args.save_model.endswith(".safetensors"):
             raise ModelError(f"--save-model must end in .safetensors, got {args.save_model}")
-        if Path(args.save_model).exists() and not args.overwrite:
-            raise OutputError(f"output exists: {args.save_model} (use --overwrite to replace it)")
+        check_output_path(args.save_model, args.overwrite, suffixes=(".safetensors",))
     image = read_image(args.input)
     grid = expected_output(image, args.scale, args.spacing, args.axis)
     volume = sitk.GetArrayFromImage(image)
