@@ -143,16 +143,6 @@ def test_file_system_without_free_inodes_is_refused_before_any_work(tmp_path, th
 
 
 @needs_mounts
-def test_disk_too_small_for_the_output_is_refused_before_any_work(tmp_path, thick_ct):
-    folder = tmp_path / "small"
-    folder.mkdir()
-    done = _in_mount(folder, "size=64k", "super-resolve", thick_ct, folder / "o.nii", "--scale", "3",
-                     "--model", tmp_path / "missing.safetensors")
-    assert done.returncode == 2
-    assert "not enough disk space" in _one_line_error(done.stderr)
-
-
-@needs_mounts
 @pytest.mark.slow
 def test_disk_filling_up_during_the_run_gives_one_line_and_no_output(tmp_path):
     """A real full disk: the space is there when the run checks it, and another program fills it
@@ -162,11 +152,11 @@ def test_disk_filling_up_during_the_run_gives_one_line_and_no_output(tmp_path):
     command = " ".join(f"'{arg}'" for arg in [sys.executable, "-m", "cycleinr", "super-resolve", HEAD_CT,
                                                 folder / "o.nii", "--scale", "3", "--device", "cpu"])
     script = (f"mount -t tmpfs -o size=4m tmpfs '{folder}' && {{ {command} & }} && run=$! && "
-              f"while ! ls -a '{folder}' | grep -q claim; do sleep 0.05; done && sleep 2 && "
+              f"i=0; while ! ls -a '{folder}' | grep -q claim && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done; sleep 2; "
               f"dd if=/dev/zero of='{folder}/filler' bs=64k 2>/dev/null; wait $run; code=$?; "
               f"ls -a '{folder}' 1>&2; exit $code")
     done = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, env=_env(),
-                          timeout=600)
+                          timeout=300)
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.returncode == 2, done.stderr
     assert lines[0].startswith("cycleinr: error: cannot write o.nii") and "no space left" in lines[0]
@@ -219,17 +209,15 @@ def test_name_longer_than_the_file_system_allows_is_refused_before_work(tmp_path
 
 
 def test_output_appearing_during_the_run_is_not_replaced(tmp_path, thick_ct, model_file, monkeypatch, capsys):
-    """Another program creates OUT while we work: without --overwrite it is kept, we fail."""
-    import cycleinr.jobs
-
+    """Another program creates OUT while we write ours: without --overwrite it is kept, we fail."""
     out = tmp_path / "o.nii.gz"
-    real = cycleinr.jobs.super_resolve_image
+    real = sitk.WriteImage
 
     def meanwhile(*args, **kwargs):
         out.write_bytes(b"someone else's result")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(cycleinr.jobs, "super_resolve_image", meanwhile)
+    monkeypatch.setattr(sitk, "WriteImage", meanwhile)
     assert main(["super-resolve", str(thick_ct), str(out), "--scale", "2", "--model", model_file,
                  "--device", "cpu"]) == 2
     assert "output exists" in capsys.readouterr().err
@@ -411,7 +399,7 @@ def test_cli_refuses_non_finite_numbers(tmp_path, thick_ct, option):
 
 @pytest.mark.parametrize("options", [dict(skip_below=math.nan), dict(skip_below=math.inf),
                                      dict(halo=math.nan), dict(halo=2.5), dict(tile_size=[math.inf]),
-                                     dict(memory_budget=math.nan), dict(scale=math.nan)])
+                                     dict(memory_budget=math.nan)])
 def test_python_api_refuses_non_finite_numbers(tiny_model, options):
     from cycleinr import super_resolve
 
