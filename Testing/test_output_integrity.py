@@ -307,6 +307,16 @@ def test_batch_output_folder_inside_its_input_folder_is_refused(tmp_path, thick_
     assert sorted(p.name for p in inputs.iterdir()) == ["a.nii.gz"]
 
 
+def test_batch_output_named_like_a_file_is_refused(tmp_path, thick_ct, model_file, capsys):
+    """A DICOM folder holding an earlier result is a batch; 'res.nii.gz' must not become a folder."""
+    series = _dicom_copy(tmp_path)
+    shutil.copy(thick_ct, series / "earlier.nii.gz")
+    assert main(["super-resolve", str(series), str(tmp_path / "res.nii.gz"), "--scale", "2", "--model",
+                 model_file, "--device", "cpu"]) == 2
+    assert "the output must be a folder, not res.nii.gz" in capsys.readouterr().err
+    assert not (tmp_path / "res.nii.gz").exists()
+
+
 def test_batch_inputs_sharing_an_output_name_are_refused_before_work(tmp_path, thick_ct, model_file, capsys):
     inputs, outputs = tmp_path / "in", tmp_path / "out"
     inputs.mkdir()

@@ -10,7 +10,7 @@ from .api import slice_axis_of_image, super_resolve_image
 from .errors import InputError, OutputError
 from .geometry import plan_output
 from .native_messages import native_stderr_captured
-from .output_files import check_name_fits, check_output_path, claim_output, write_image
+from .output_files import WRITE_SUFFIXES, check_name_fits, check_output_path, claim_output, suffix_of, write_image
 from .volumes import is_volume_file, read_image
 
 
@@ -97,6 +97,9 @@ def check_batch_output(folder: Path, overwrite: bool, source: Path | None = None
     Returns the output path of each item."""
     if folder.exists() and not folder.is_dir():
         raise OutputError(f"input is a folder, so output must be a folder too: {folder} is a file")
+    if not folder.exists() and suffix_of(folder) in WRITE_SUFFIXES:
+        raise OutputError(f"{source or 'the input'} is a folder of {len(items or [])} volume(s) or series "
+                          f"(batch), so the output must be a folder, not {folder.name}")
     if source is not None:
         resolved_source, resolved_folder = source.resolve(), folder.resolve()
         if resolved_folder == resolved_source or resolved_source in resolved_folder.parents:
