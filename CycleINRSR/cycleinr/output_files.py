@@ -69,31 +69,20 @@ def _claim_path(path: Path) -> Path:
 
 
 def _pid_alive(pid: int, since: float | None = None) -> bool:
-    """Whether process ``pid`` lives; with ``since`` (a file's mtime), a process started after
-    that time is a reuse of the number, not the writer (Linux: /proc start times)."""
+    """Whether process ``pid`` lives (psutil: os.kill(pid, 0) would send Ctrl-C on Windows);
+    with ``since`` (a file's mtime), a process started after that time is a reuse of the
+    number, not the writer."""
+    import psutil
+
     if pid <= 0:
         return False
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        started = psutil.Process(pid).create_time()
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
-        pass  # alive, another user's
-    if since is not None:
-        started = _process_start_time(pid)
-        if started is not None and started > since + 1.0:
-            return False
-    return True
-
-
-def _process_start_time(pid: int) -> float | None:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                    if line.startswith("btime "))
-        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, StopIteration):
-        return None
+    except (psutil.Error, OSError):
+        return True  # cannot tell: keep its files
+    return since is None or started <= since + 1.0
 
 
 def remove_stale_partials(folder: str | os.PathLike) -> list[Path]:

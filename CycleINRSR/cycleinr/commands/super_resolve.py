@@ -69,10 +69,12 @@ def run(args) -> int:
     if not source.is_dir() or _is_dicom_folder(source):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            with progress_bar(source.name, enabled=show) as bar:
-                result = super_resolve_file(source, target, progress=bar, **options)
-        for warning in caught:
-            print(f"warning: {warning.message}", file=sys.stderr)
+            try:
+                with progress_bar(source.name, enabled=show) as bar:
+                    result = super_resolve_file(source, target, progress=bar, **options)
+            finally:  # shown on failure too: a reader's warning may say why
+                for warning in caught:
+                    print(f"warning: {warning.message}", file=sys.stderr)
         print(f"{target}: scale {result.scale:g} along axis {'KJI'[result.slice_axis]}, "
               f"model {result.model_name} on {result.device}")
         return 0
