@@ -5,6 +5,7 @@ decode -> blend -> denormalise -> output array. No hidden state between calls.
 """
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -88,6 +89,7 @@ def super_resolve(volume: np.ndarray, spacing: Sequence[float], scale: float | N
     if compiling fails the result's ``warnings`` say so and the work is done uncompiled.
     """
     check_array(volume)
+    check_numeric_options(skip_below=skip_below, halo=halo, tile_size=tile_size, memory_budget=memory_budget)
     grid = plan_output(volume.shape, spacing, scale, target_spacing, slice_axis)
     torch_device = resolve_device(device)
     budget = int(memory_budget) if memory_budget else default_memory_budget(torch_device)
@@ -116,11 +118,35 @@ def super_resolve(volume: np.ndarray, spacing: Sequence[float], scale: float | N
                          str(torch_device), notes)
 
 
+def check_numeric_options(skip_below=None, halo=None, tile_size=None, memory_budget=None) -> None:
+    """Refuse non-finite or non-integral option values with the reason (a NaN ``skip_below``
+    would silently turn every comparison false; scale and spacing are checked in geometry)."""
+    if skip_below is not None and not (_is_real(skip_below) and math.isfinite(skip_below)):
+        raise InputError(f"skip_below must be a finite number in input units, got {skip_below!r}")
+    if memory_budget is not None and not (_is_real(memory_budget) and math.isfinite(memory_budget)
+                                          and memory_budget > 0):
+        raise InputError(f"memory budget must be a positive number of bytes, got {memory_budget!r}")
+    if halo is not None and not (_is_whole(halo) and halo >= 1):
+        raise InputError(f"halo must be a whole number of voxels >= 1, got {halo!r}")
+    if tile_size is not None:
+        sizes = [tile_size] if _is_real(tile_size) else list(tile_size)
+        if not all(_is_whole(size) and size >= 2 for size in sizes):
+            raise InputError(f"tile size must be whole numbers of voxels >= 2, got {tile_size!r}")
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def _is_whole(value) -> bool:
+    return _is_real(value) and math.isfinite(value) and float(value) == int(value)
+
+
 def _tile_in_slice_order(tile_size, slice_axis: int):
     """Tile size is given per array axis; the engine wants it slice axis first."""
     if tile_size is None:
         return None
-    sizes = [int(size) for size in tile_size]
+    sizes = [int(tile_size)] if _is_real(tile_size) else [int(size) for size in tile_size]
     if len(sizes) == 1:
         sizes = sizes * 3
     if len(sizes) != 3:

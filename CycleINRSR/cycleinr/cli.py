@@ -2,14 +2,17 @@
 
 Each command module has ``add_arguments(parser)`` and ``run(args) -> int``; modules are imported
 only when their command runs, so ``cycleinr --help`` is fast. Any failure ends with a one-line
-reason on stderr and a non-zero exit code (2: bad input/model/output, 1: unexpected, 130: cancelled).
+reason on stderr and a non-zero exit code (2: bad input/model/output, 1: unexpected, 130: cancelled
+or SIGINT, 143: SIGTERM, 129: SIGHUP; temporary files are removed on the way out).
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import logging
+import signal
 import sys
+import threading
 import warnings
 
 COMMANDS = {
@@ -65,11 +68,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s: %(message)s")
     warnings.formatwarning = lambda message, category, *rest: f"warning: {message}\n"
+    previous = _stop_on_signals()
     try:
         return int(args.run(args) or 0)
     except Cancelled as error:
         print(f"cycleinr: cancelled: {error}", file=sys.stderr)
         return 130
+    except Interrupted as stop:
+        print(f"cycleinr: interrupted by {stop.name}; no output was written for the unfinished job",
+              file=sys.stderr)
+        return 128 + stop.signum
     except KeyboardInterrupt:
         print("cycleinr: interrupted", file=sys.stderr)
         return 130
@@ -85,6 +93,45 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cycleinr: internal error: {type(error).__name__}: {error} (rerun with -v for details)",
               file=sys.stderr)
         return 1
+    finally:
+        _restore_signals(previous)
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM: unwinds like Ctrl-C, so every temporary file and claim is removed on
+    the way out (the writers' ``finally`` blocks) before the one-line message and exit 128+N."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+        self.name = signal.Signals(signum).name
+
+
+_STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+def _on_stop_signal(signum, frame):
+    for number in _STOP_SIGNALS:  # the clean-up on the way out must not be cut short by a second signal
+        signal.signal(number, signal.SIG_IGN)
+    raise Interrupted(signum)
+
+
+def _stop_on_signals() -> dict:
+    previous = {}
+    if threading.current_thread() is not threading.main_thread():
+        return previous  # handlers can only be set from the main thread (main() called from a thread)
+    for number in _STOP_SIGNALS:
+        handler = signal.getsignal(number)
+        if number != signal.SIGINT and handler is signal.SIG_IGN:
+            continue  # e.g. SIGHUP ignored under nohup: keep it so
+        previous[number] = handler
+        signal.signal(number, _on_stop_signal)
+    return previous
+
+
+def _restore_signals(previous: dict) -> None:
+    for number, handler in previous.items():
+        signal.signal(number, handler if handler is not None else signal.SIG_DFL)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ travels with it, so a blank is never silent.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .evaluate import METRICS, THICK_METRICS, scale_label
+from .output_files import write_text_atomically
 
 HEADERS = {"psnr": "PSNR(↑)", "ssim": "SSIM(↑)", "lpips_alex": "LPIPS_alex(↓)",
            "lpips_vgg": "LPIPS_vgg(↓)", "lpips_squeeze": "LPIPS_squeeze(↓)", "snli": "SNLI(↓)",
@@ -103,14 +105,14 @@ def write_csv(results: Results, path: str | Path) -> Path:
     """One row per volume, scale and method; empty cells where a metric was not computed."""
     names = results.metric_names()
     path = Path(path)
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["volume", "scale", "method"] + names + ["notes"])
-        for volume, scale, method, scores in results.rows:
-            values = ["" if scores.get(n) is None else repr(float(scores[n])) for n in names]
-            notes = "; ".join(f"{k}: {v}" for k, v in scores.get("notes", {}).items())
-            writer.writerow([volume, f"{scale:g}", method] + values + [notes])
-    return path
+    handle = io.StringIO(newline="")
+    writer = csv.writer(handle)
+    writer.writerow(["volume", "scale", "method"] + names + ["notes"])
+    for volume, scale, method, scores in results.rows:
+        values = ["" if scores.get(n) is None else repr(float(scores[n])) for n in names]
+        notes = "; ".join(f"{k}: {v}" for k, v in scores.get("notes", {}).items())
+        writer.writerow([volume, f"{scale:g}", method] + values + [notes])
+    return write_text_atomically(handle.getvalue(), path)
 
 
 def write_json(results: Results, path: str | Path) -> Path:
@@ -122,6 +124,4 @@ def write_json(results: Results, path: str | Path) -> Path:
                 if isinstance(value, float) and math.isinf(value):
                     scores[name] = None
                     scores["notes"][name] = "infinite: the result equals the reference"
-    path = Path(path)
-    path.write_text(json.dumps(summary, indent=2) + "\n")
-    return path
+    return write_text_atomically(json.dumps(summary, indent=2) + "\n", path)

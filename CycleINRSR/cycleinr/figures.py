@@ -15,6 +15,7 @@ from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+from .output_files import write_png_atomically
 
 PANEL_WIDTH = 240
 MARGIN = 8
@@ -93,7 +94,7 @@ def comparison_figure(volumes: dict[str, np.ndarray], spacing: Sequence[float], 
             canvas.paste(tile, (ROW_LABEL_WIDTH + column * (PANEL_WIDTH + MARGIN), y))
         y += panel_h + MARGIN
     path = Path(path)
-    canvas.save(path)
+    write_png_atomically(canvas, path)
     return path
 
 
@@ -152,7 +153,7 @@ def metric_plot(summary: dict[str, dict[str, dict]], metrics: Sequence[str], pat
         draw.rectangle((MARGIN + left, y + 4, MARGIN + left + 14, y + 12), fill=colour)
         draw.text((MARGIN + left + 22, y), method, fill="black", font=font)
     path = Path(path)
-    canvas.save(path)
+    write_png_atomically(canvas, path)
     return path
 
 

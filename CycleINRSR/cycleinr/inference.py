@@ -225,6 +225,7 @@ def upsample_slices(model: CycleINR, volume: np.ndarray, out: np.ndarray, scale:
                            (slab_tiles, row_tiles, col_tiles), slab_ranges, progress, should_stop,
                            (use_autocast, autocast_dtype), background, copied, paths)
         _copy_acquired(volume, out, acquired)
+        keep_constant_neighbourhoods(volume, out, positions)
         return
     slice_weight_sum = np.zeros(len(positions))
     for (start, stop), (first, last) in zip(slab_tiles, slab_ranges):
@@ -290,6 +291,7 @@ def upsample_slices(model: CycleINR, volume: np.ndarray, out: np.ndarray, scale:
             buffer = buffer[count:].copy()
             buffer_start = final_stop
     _copy_acquired(volume, out, acquired)
+    keep_constant_neighbourhoods(volume, out, positions)
     if progress is not None:
         progress(1.0)
 
@@ -299,6 +301,42 @@ def _copy_acquired(volume: np.ndarray, out: np.ndarray, acquired: np.ndarray) ->
     for output_index in np.flatnonzero(acquired >= 0):
         source = volume[acquired[output_index]]
         out[output_index] = source if out.dtype == volume.dtype else cast_to_dtype(source, out.dtype)
+
+
+def keep_constant_neighbourhoods(volume: np.ndarray, out: np.ndarray, positions: np.ndarray) -> None:
+    """Where all 27 LR neighbours of an output voxel hold one value (the 3x3 in-plane
+    neighbourhoods, edges replicated, on LR slices n-1, n, n+1 around its nearest slice n), the
+    output voxel is that value, exactly and in input units: no invented structure in air, in
+    padding or in a constant volume, whatever the network would say there and whatever the
+    model's intensity window (a -3024 padding stays -3024). One pass over the LR slices."""
+    slices, rows, cols = volume.shape
+    nearest = np.clip(np.rint(np.asarray(positions, dtype=np.float32)), 0, slices - 1).astype(int)
+    extremes: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def in_plane_extremes(index: int) -> tuple[np.ndarray, np.ndarray]:
+        if index not in extremes:
+            plane = np.pad(volume[index], 1, mode="edge")
+            views = [plane[a:a + rows, b:b + cols] for a in range(3) for b in range(3)]
+            low, high = views[0].copy(), views[0].copy()
+            for view in views[1:]:
+                np.minimum(low, view, out=low)
+                np.maximum(high, view, out=high)
+            extremes[index] = (low, high)
+        return extremes[index]
+
+    for centre in np.unique(nearest):
+        around = [min(max(index, 0), slices - 1) for index in (centre - 1, centre, centre + 1)]
+        for index in [index for index in extremes if index < around[0]]:
+            del extremes[index]
+        lows, highs = zip(*(in_plane_extremes(index) for index in around))
+        constant = (np.minimum(np.minimum(lows[0], lows[1]), lows[2])
+                    == np.maximum(np.maximum(highs[0], highs[1]), highs[2]))
+        if not constant.any():
+            continue
+        value = volume[centre][constant]
+        value = value if out.dtype == volume.dtype else cast_to_dtype(value, out.dtype)
+        for output_index in np.flatnonzero(nearest == centre):
+            out[output_index][constant] = value
 
 
 def _channels_last_encoder(model: CycleINR) -> None:
@@ -372,7 +410,9 @@ def _run_tile(model: CycleINR, volume: np.ndarray, intensities: IntensityMap, de
     result = np.empty((len(local_positions), row_range[1] - row_range[0], col_range[1] - col_range[0]),
                       dtype=np.float32)
     queried = tensor[:, :, :, row_crop, col_crop]
-    if background is not None and float(queried.max()) < background:
+    high, low = float(queried.max()), float(queried.min())
+    if high == low or (background is not None and high < background):
+        # constant (or all background) around this tile's queries: linear interpolation is exact
         positions = torch.as_tensor(local_positions, dtype=torch.float32, device=device)
         interpolated = interpolate_slices(queried, positions)[0, 0, :, row_keep, col_keep]
         return interpolated.float().cpu().numpy()

@@ -19,7 +19,8 @@ three exact identities, so that per output voxel only the unavoidable work remai
 
 Results match ``query`` to float32 round-off (tested at 1e-4 relative). Optionally (the
 ``background`` of ``prepare``) voxels whose 27 LR neighbours are all background get linear
-interpolation instead, and only the other pixels of a group go through attention and decoder.
+interpolation instead, and so do voxels whose 27 LR neighbours are all equal (always: linear
+interpolation is then that constant); only the other pixels go through attention and decoder.
 """
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ class PreparedLatent:
     values: torch.Tensor | None   # (S + 2, H + 2, W + 2, C)
     neighbour_max: torch.Tensor | None = None  # (S + 2, H, W): 3x3 in-plane max of the intensities
     background: float | None = None            # skip voxels whose 27 LR neighbours are all below
+    neighbour_min: torch.Tensor | None = None  # (S + 2, H, W): 3x3 in-plane min (constant = min == max)
 
     @property
     def slices(self) -> int:
@@ -68,17 +70,19 @@ def prepare(model: CycleINR, volume: torch.Tensor, latent: torch.Tensor,
         raise ValueError("slice_query works on one tile at a time (batch size 1)")
     channels_last = latent[0].permute(1, 2, 3, 0)
     intensities = _pad_slices(volume[0, 0])
-    neighbour_max = None
-    if background is not None:
-        padded = F.pad(intensities[:, None], (1, 1, 1, 1), mode="replicate")
-        neighbour_max = F.max_pool2d(padded, 3, stride=1)[:, 0]
+    # 3x3 in-plane extremes of every LR slice: voxels whose 27 neighbours are all equal (or all
+    # background) take linear interpolation, which is then that constant, without the network
+    padded = F.pad(intensities[:, None], (1, 1, 1, 1), mode="replicate")
+    neighbour_max = F.max_pool2d(padded, 3, stride=1)[:, 0]
+    neighbour_min = -F.max_pool2d(-padded, 3, stride=1)[:, 0]
     if not model.config.attention:
-        return PreparedLatent(_pad_slices(channels_last), intensities, None, None, None, neighbour_max, background)
+        return PreparedLatent(_pad_slices(channels_last), intensities, None, None, None, neighbour_max, background,
+                              neighbour_min)
     keys, values = model.keys_values(latent)
     scale = 1.0 / math.sqrt(model.config.attention_dim)
     queries = model.to_query(channels_last) * scale
     return PreparedLatent(_pad_slices(channels_last), intensities, _pad_slices(queries),
-                          _pad_slices(keys[0]), _pad_slices(values[0]), neighbour_max, background)
+                          _pad_slices(keys[0]), _pad_slices(values[0]), neighbour_max, background, neighbour_min)
 
 
 def _in_plane_neighbourhood(padded: torch.Tensor, slice_index: int, rows: slice, cols: slice) -> torch.Tensor:
@@ -213,11 +217,16 @@ def _query_group(model: CycleINR, prepared: PreparedLatent, nearest: int, positi
 
 
 def _active_pixels(prepared: PreparedLatent, around: slice, rows: slice, cols: slice) -> torch.Tensor | None:
-    """Indices of window pixels with some LR neighbour at or above the background; None = all."""
+    """Indices of window pixels whose 27 LR neighbours vary (and, with a background, reach it);
+    None = all."""
     if prepared.neighbour_max is None:
         return None
     nearby = prepared.neighbour_max[around, rows, cols].amax(0).reshape(-1)
-    active = torch.nonzero(nearby >= prepared.background).squeeze(1)
+    varying = nearby > prepared.neighbour_min[around, rows, cols].amin(0).reshape(-1) \
+        if prepared.neighbour_min is not None else torch.ones_like(nearby, dtype=torch.bool)
+    if prepared.background is not None:
+        varying &= nearby >= prepared.background
+    active = torch.nonzero(varying).squeeze(1)
     return None if active.numel() == nearby.numel() else active
 
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import CT_NORMALISATION, MR_NORMALISATION, ModelInfo, Normalisation, preset
-from .errors import Cancelled, InputError
+from .errors import Cancelled, InputError, OutputError
 from .model import CycleINR, build_model
 from .normalise import intensity_map
 from .pairs import Batch, PairSampler, TrainingVolume, fine_axes
@@ -199,7 +199,7 @@ def train(options: TrainOptions, progress: Callable[[float], None] | None = None
     torch_device = _training_device(device, local_rank)
     should_stop = (cancel.is_set if hasattr(cancel, "is_set") else cancel) or (lambda: False)
     run_dir = Path(options.output)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    _check_run_folder(run_dir)  # a read-only or full place fails now, not at the first checkpoint
 
     torch.manual_seed(options.seed)
     network, info = _initial_network(options)
@@ -352,9 +352,19 @@ def _provenance(options: TrainOptions, volumes, step: int, seconds: float, devic
     }
 
 
+def _check_run_folder(run_dir: Path) -> None:
+    from .output_files import check_output_path
+
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputError(f"cannot create the run folder {run_dir}: {error.strerror or error}") from None
+    check_output_path(run_dir / CHECKPOINT_WEIGHTS, overwrite=True, suffixes=(".safetensors",))
+
+
 def _save_checkpoint(run_dir: Path, network: CycleINR, info: ModelInfo, optimiser, sampler: PairSampler,
                      step: int, seconds: float, options: TrainOptions) -> None:
-    from safetensors.torch import save_file
+    from .output_files import write_safetensors_atomically, write_text_atomically
 
     save_model(run_dir / CHECKPOINT_WEIGHTS, network, info)
     tensors, scalars = {}, {}
@@ -366,14 +376,10 @@ def _save_checkpoint(run_dir: Path, network: CycleINR, info: ModelInfo, optimise
             else:
                 scalars[f"{index}.{key}"] = float(value)
     tensors["torch_rng"] = torch.get_rng_state()
-    partial = run_dir / f".{CHECKPOINT_STATE}.partial"
-    save_file(tensors, str(partial))
-    os.replace(partial, run_dir / CHECKPOINT_STATE)
+    write_safetensors_atomically(tensors, run_dir / CHECKPOINT_STATE)  # verified before it replaces the last
     state = {"step": step, "seconds": seconds, "sampler": sampler.state(), "optimiser_scalars": scalars,
              "options": {k: v for k, v in asdict(options).items()}}
-    partial_json = run_dir / f".{CHECKPOINT_JSON}.partial"
-    partial_json.write_text(json.dumps(state, indent=1))
-    os.replace(partial_json, run_dir / CHECKPOINT_JSON)
+    write_text_atomically(json.dumps(state, indent=1), run_dir / CHECKPOINT_JSON)
 
 
 def _resume(run_dir: Path, network: CycleINR, optimiser, sampler: PairSampler, rank: int,

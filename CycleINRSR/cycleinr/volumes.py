@@ -1,22 +1,21 @@
 """Reading and writing volumes through SimpleITK, with the checks a user's files need.
 
 In: NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr), MetaImage (.mha, .mhd) and a folder holding one
-DICOM series. Out: NIfTI, NRRD or MHA, written to a temporary file beside the target and renamed
-into place, so a failure or a cancel never leaves a half-written file.
+DICOM series. Out: NIfTI, NRRD or MHA, through ``output_files`` (verified temporary file, then a
+no-replace rename), so a failure or a cancel never leaves a half-written file.
 """
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError, OutputError
+from .errors import InputError
+# the write side lives in output_files; these names stay importable from here
+from .output_files import WRITE_SUFFIXES, check_output_path, write_image, write_png_atomically  # noqa: F401
 
 READ_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
-WRITE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")
 
 
 def _suffix(path: Path) -> str:
@@ -129,62 +128,8 @@ def _all_finite(volume: np.ndarray) -> bool:
     return all(np.isfinite(volume[index]).all() for index in range(volume.shape[0]))
 
 
-def check_output_path(path: str | os.PathLike, overwrite: bool, expected_bytes: int = 0) -> Path:
-    """Refuse to overwrite, to write an unsupported format, or to run out of disk midway."""
-    path = Path(path)
-    if _suffix(path) not in WRITE_SUFFIXES:
-        raise OutputError(f"unsupported output format {path.name!r}; use {', '.join(WRITE_SUFFIXES)}")
-    if path.exists() and not overwrite:
-        raise OutputError(f"output exists: {path} (use --overwrite to replace it)")
-    if path.is_dir():
-        raise OutputError(f"output is a folder: {path}")
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise OutputError(f"output folder does not exist: {folder}")
-    free = shutil.disk_usage(folder).free
-    if expected_bytes and expected_bytes > free:
-        raise OutputError(f"not enough disk space for the output: needs up to "
-                          f"{expected_bytes / 2**20:.0f} MiB, {free / 2**20:.0f} MiB free in {folder}")
-    return path
-
-
-def write_image(image, path: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Write atomically: a hidden temporary file in the same folder, then a rename."""
-    import SimpleITK as sitk
-
-    path = check_output_path(path, overwrite)
-    suffix = _suffix(path)
-    handle, partial = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{suffix}",
-                                       dir=path.parent)
-    os.close(handle)
-    try:
-        sitk.WriteImage(image, partial, useCompression=suffix in (".nii.gz", ".nrrd", ".mha"))
-        os.replace(partial, path)
-    except BaseException as error:
-        if os.path.exists(partial):
-            os.remove(partial)
-        if isinstance(error, RuntimeError):
-            raise OutputError(f"cannot write {path.name}: {_first_line(error)}") from None
-        raise
-    return path
-
-
 def _first_line(error: Exception) -> str:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     # ITK messages put the useful sentence last, after file/line noise
     useful = [line for line in lines if not line.startswith(("/", "itk::", "ITK"))]
     return (useful or lines or ["unknown error"])[-1][:300]
-
-
-def write_png_atomically(picture, path: str | os.PathLike) -> Path:
-    """A PIL image to PNG through a temporary file and a rename."""
-    path = Path(path)
-    handle, partial = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial.png", dir=path.parent)
-    os.close(handle)
-    try:
-        picture.save(partial, format="PNG")
-        os.replace(partial, path)
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
-    return path

@@ -32,8 +32,8 @@ class LoadedModel:
 
 def save_model(path: str | os.PathLike, network: CycleINR, info: ModelInfo,
                half_precision: bool = False) -> Path:
-    """Write weights + description atomically (temporary file, then rename)."""
-    from safetensors.torch import save_file
+    """Write weights + description atomically and verified (``output_files``)."""
+    from .output_files import write_safetensors_atomically, write_text_atomically
 
     path = Path(path)
     if path.suffix != ".safetensors":
@@ -43,11 +43,9 @@ def save_model(path: str | os.PathLike, network: CycleINR, info: ModelInfo,
     tensors = {name: value.detach().to("cpu", dtype).contiguous()
                for name, value in network.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
     description = info.to_json()
-    save_file(tensors, str(partial), metadata={METADATA_KEY: description})
-    os.replace(partial, path)
-    path.with_suffix(".json").write_text(description + "\n")
+    write_safetensors_atomically(tensors, path, metadata={METADATA_KEY: description})
+    write_text_atomically(description + "\n", path.with_suffix(".json"))
     return path
 
 

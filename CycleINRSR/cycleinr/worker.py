@@ -27,16 +27,18 @@ EXIT_OK, EXIT_UNEXPECTED, EXIT_INPUT, EXIT_MEMORY, EXIT_CANCELLED = 0, 1, 2, 3, 
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .commands import finite_float, positive_int
+
     parser = argparse.ArgumentParser(prog="python -m cycleinr.worker", description=__doc__.splitlines()[0])
     parser.add_argument("--input", required=True, help="input volume file (NRRD, NIfTI, MHA)")
     parser.add_argument("--output", required=True, help="output volume file (NRRD, NIfTI, MHA)")
     amount = parser.add_mutually_exclusive_group(required=True)
-    amount.add_argument("--scale", type=float, help="upsampling factor r > 1")
-    amount.add_argument("--spacing", type=float, help="target slice spacing in mm")
+    amount.add_argument("--scale", type=finite_float, help="upsampling factor r > 1")
+    amount.add_argument("--spacing", type=finite_float, help="target slice spacing in mm")
     parser.add_argument("--axis", choices=["I", "J", "K"], help="slice axis (default: coarsest spacing)")
     parser.add_argument("--model", help="weights file (.safetensors); default: the bundled model")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
-    parser.add_argument("--tile-size", type=int, help="tile core size in voxels along every axis")
+    parser.add_argument("--tile-size", type=positive_int, help="tile core size in voxels along every axis")
     parser.add_argument("--threads", type=int, help="CPU threads for torch")
     parser.add_argument("--keep-acquired", action=argparse.BooleanOptionalAction, default=True,
                         help="copy output slices that lie on input slices unchanged (default)")

@@ -10,22 +10,23 @@ import sys
 from pathlib import Path
 
 from ..config import PRESETS
+from . import finite_float
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--shape", type=int, nargs=3, metavar=("X", "Y", "Z"), default=[512, 512, 64],
                         help="volume size in voxels, image order (z = slice axis); built from the real "
                              "sample CT, mirrored or cropped (default 512 512 64)")
-    parser.add_argument("--scale", type=float, default=5.0, help="upsampling factor (default 5)")
+    parser.add_argument("--scale", type=finite_float, default=5.0, help="upsampling factor (default 5)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--model", help="weights file (.safetensors) or bundled model name (ct-cpu, mr-cpu); "
                                        "default on CPU: the model the engine picks there (ct-cpu)")
     which.add_argument("--preset", choices=list(PRESETS),
                        help="an untrained network of this size (default on GPU: paper)")
-    parser.add_argument("--memory-budget", type=float, metavar="GIB",
+    parser.add_argument("--memory-budget", type=finite_float, metavar="GIB",
                         help="tile working-set budget in GiB (default: the engine's own choice)")
-    parser.add_argument("--skip-below", type=float, metavar="VALUE",
+    parser.add_argument("--skip-below", type=finite_float, metavar="VALUE",
                         help="time the skip-air option: voxels whose LR neighbours are all below VALUE "
                              "(input units, e.g. -900 HU) get linear interpolation")
     parser.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's own)")
@@ -63,5 +64,6 @@ def run(args) -> int:
     else:
         print(format_result(result))
         if args.json:
-            Path(args.json).write_text(figures)
+            from ..output_files import write_text_atomically
+            write_text_atomically(figures, args.json)
     return 0

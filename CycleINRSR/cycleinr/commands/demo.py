@@ -10,12 +10,14 @@ import sys
 import time
 from pathlib import Path
 
+from . import finite_float
+
 SAMPLE = Path(__file__).resolve().parents[1] / "sample" / "tcga_thca_ct_chest_crop.nii.gz"
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--output-dir", default="cycleinr-demo", help="where to write (default ./cycleinr-demo)")
-    parser.add_argument("--spacing", type=float, default=1.0, help="target slice spacing in mm (default 1)")
+    parser.add_argument("--spacing", type=finite_float, default=1.0, help="target slice spacing in mm (default 1)")
     parser.add_argument("--model", help="weights file (default: the bundled model)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--overwrite", action="store_true", help="replace earlier demo outputs")

@@ -11,11 +11,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from . import finite_float
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("--data", nargs="+", required=True, metavar="PATH",
                         help="volume files, DICOM series folders, or folders of these")
-    parser.add_argument("--scales", nargs="+", type=float, default=[2.0, 3.0, 5.0], metavar="R",
+    parser.add_argument("--scales", nargs="+", type=finite_float, default=[2.0, 3.0, 5.0], metavar="R",
                         help="scales to evaluate (default 2 3 5); fractional ones such as 2.5 are made "
                              "from every 5th slice and scored on every 2nd")
     parser.add_argument("--degrade", default="interval", choices=["interval", "slab"],
@@ -25,7 +27,7 @@ def add_arguments(parser) -> None:
                         help="trilinear, cubic (B-spline), nearest, cycleinr (bundled model), "
                              "cycleinr=MODEL.safetensors; cycleinr-regenerate[=MODEL] (acquired slices "
                              "regenerated too), cycleinr-skip[=MODEL] (with --skip-below)")
-    parser.add_argument("--skip-below", type=float, default=-900.0, metavar="VALUE",
+    parser.add_argument("--skip-below", type=finite_float, default=-900.0, metavar="VALUE",
                         help="for cycleinr-skip: voxels whose LR neighbours are all below VALUE (input "
                              "units) are interpolated, not run through the network (default -900: CT air)")
     parser.add_argument("--modality", default="auto", choices=["auto", "ct", "mr"],
@@ -167,6 +169,7 @@ def _write(results, stem: Path, title: str, args, references: list[str]) -> None
     """The Markdown table (also printed), the CSV, the JSON if asked, and the metric plot."""
     from .. import figures
     from ..eval_report import markdown_table, write_csv, write_json
+    from ..output_files import write_text_atomically
 
     if not results.rows:
         return
@@ -174,7 +177,7 @@ def _write(results, stem: Path, title: str, args, references: list[str]) -> None
     relevant = [line for line in references if ("thin ground truth" in line) != ("thick" in stem.name)]
     if relevant:
         table += "\nReference levels:\n" + "".join(f"- {line}\n" for line in relevant)
-    stem.with_suffix(".md").write_text(table)
+    write_text_atomically(table, stem.with_suffix(".md"))
     write_csv(results, stem.with_suffix(".csv"))
     if args.json:
         json_path = Path(args.json)

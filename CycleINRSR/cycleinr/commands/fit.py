@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from . import add_scale_arguments
+from . import add_scale_arguments, finite_float
 
 
 def add_arguments(parser) -> None:
@@ -13,9 +13,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("output", help="output file (.nii/.nii.gz/.nrrd/.mha)")
     add_scale_arguments(parser)
     parser.add_argument("--model", help="weights to start from (default: the bundled model)")
-    parser.add_argument("--minutes", type=float, default=2.0, help="fine-tuning time limit (default 2)")
+    parser.add_argument("--minutes", type=finite_float, default=2.0, help="fine-tuning time limit (default 2)")
     parser.add_argument("--steps", type=int, help="stop after this many steps if sooner")
-    parser.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default 1e-4)")
+    parser.add_argument("--lr", type=finite_float, default=1e-4, help="Adam learning rate (default 1e-4)")
     parser.add_argument("--no-cycle", action="store_true", help="fine-tune with the L1 term only")
     parser.add_argument("--degrade", nargs="+", choices=["interval", "slab"], default=["interval", "slab"],
                         help="how LR in-plane pairs are made (default both)")
@@ -29,18 +29,18 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import SimpleITK as sitk
 
-    from ..errors import ModelError, OutputError
+    from ..errors import ModelError
     from ..finetune import fine_tune
-    from ..jobs import expected_output, super_resolve_file
+    from ..jobs import check_not_into_input, expected_output, super_resolve_file
     from ..volumes import check_output_path, read_image
     from ..weights import save_model
 
+    check_not_into_input(args.input, args.output)
     check_output_path(args.output, args.overwrite)  # fail before minutes of fine-tuning
     if args.save_model:
         if not args.save_model.endswith(".safetensors"):
             raise ModelError(f"--save-model must end in .safetensors, got {args.save_model}")
-        if Path(args.save_model).exists() and not args.overwrite:
-            raise OutputError(f"output exists: {args.save_model} (use --overwrite to replace it)")
+        check_output_path(args.save_model, args.overwrite, suffixes=(".safetensors",))
     image = read_image(args.input)
     grid = expected_output(image, args.scale, args.spacing, args.axis)
     volume = sitk.GetArrayFromImage(image)

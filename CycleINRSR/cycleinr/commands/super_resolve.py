@@ -11,7 +11,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from . import add_scale_arguments
+from . import add_scale_arguments, finite_float, positive_int
 
 
 def add_arguments(parser) -> None:
@@ -23,11 +23,11 @@ def add_arguments(parser) -> None:
                                         "mr-cpu); default: the bundled CT model (its CPU-sized variant on a CPU)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    parser.add_argument("--tile-size", type=int, nargs="+", metavar="N",
+    parser.add_argument("--tile-size", type=positive_int, nargs="+", metavar="N",
                         help="tile core size in voxels (1 or 3 values, array order k j i)")
-    parser.add_argument("--halo", type=int, help="context voxels around each tile "
+    parser.add_argument("--halo", type=positive_int, help="context voxels around each tile "
                                                  "(default: the model's receptive radius: exact)")
-    parser.add_argument("--skip-below", type=float, metavar="VALUE",
+    parser.add_argument("--skip-below", type=finite_float, metavar="VALUE",
                         help="interpolate instead of running the network where every LR neighbour is below "
                              "VALUE in input units (e.g. -900 HU: air); off by default")
     parser.add_argument("--keep-acquired", action=argparse.BooleanOptionalAction, default=True,
@@ -60,7 +60,7 @@ def _device_for_rank(device: str) -> str:
 
 
 def run(args) -> int:
-    from ..jobs import check_batch_output, list_inputs, output_name, super_resolve_file
+    from ..jobs import check_batch_output, list_inputs, super_resolve_file
     from ..progress import progress_bar
 
     source, target = Path(args.input), Path(args.output)
@@ -73,21 +73,22 @@ def run(args) -> int:
     if not source.is_dir() or _is_dicom_folder(source):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            with progress_bar(source.name, enabled=show) as bar:
-                result = super_resolve_file(source, target, progress=bar, **options)
-        for warning in caught:
-            print(f"warning: {warning.message}", file=sys.stderr)
+            try:
+                with progress_bar(source.name, enabled=show) as bar:
+                    result = super_resolve_file(source, target, progress=bar, **options)
+            finally:  # shown on failure too: a reader's warning may say why
+                for warning in caught:
+                    print(f"warning: {warning.message}", file=sys.stderr)
         print(f"{target}: scale {result.scale:g} along axis {'KJI'[result.slice_axis]}, "
               f"model {result.model_name} on {result.device}")
         return 0
     rank, world = _rank_world()
-    check_batch_output(target, args.overwrite)
     items = list_inputs(source)
     if args.output_format == "dicom":
         from ..dicom_out import check_dicom_inputs
         check_dicom_inputs(items)
     items = items[rank::world]
-    target.mkdir(parents=True, exist_ok=True)
+    destinations = check_batch_output(target, args.overwrite, source, items, args.format, args.output_format)
     if items:
         # one model for the whole batch: loaded once, and compiled once with --compile
         from ..api import pick_model
@@ -95,8 +96,7 @@ def run(args) -> int:
 
         options["model"] = pick_model(args.model, resolve_device(options["device"]))
     failures = 0
-    for item in items:
-        destination = target / (item.name if args.output_format == "dicom" else output_name(item, args.format))
+    for item, destination in zip(items, destinations):
         try:
             with progress_bar(item.name, enabled=show) as bar:
                 super_resolve_file(item, destination, progress=bar, **options)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import sys
 
+from . import finite_float
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("data", nargs="+", help="training volumes, DICOM series folders, or folders of them")
@@ -12,19 +14,19 @@ def add_arguments(parser) -> None:
     parser.add_argument("--init", dest="init_model", help="start from these weights (fine-tune)")
     parser.add_argument("--no-attention", action="store_true", help="LAM off (ablation, Table 2)")
     parser.add_argument("--no-cycle", action="store_true", help="lambda = 0 (ablation, Table 2)")
-    parser.add_argument("--cycle-weight", type=float, default=1.0, help="lambda (default 1)")
-    parser.add_argument("--detail-weight", type=float, default=0.0,
+    parser.add_argument("--cycle-weight", type=finite_float, default=1.0, help="lambda (default 1)")
+    parser.add_argument("--detail-weight", type=finite_float, default=0.0,
                         help="mu: weight of the slice-detail term that keeps new slices as noisy/sharp as "
                              "the real ones (ours, not the paper's; default 0 = off)")
     parser.add_argument("--modality", choices=["ct", "mr"],
                         help="intensity normalisation: CT window or MR percentiles (default: the --init "
                              "model's, else ct)")
-    parser.add_argument("--fine-spacing", type=float, default=1.6,
+    parser.add_argument("--fine-spacing", type=finite_float, default=1.6,
                         help="axes with spacing at or below this (mm) serve as HR slice axes")
     parser.add_argument("--degrade", nargs="+", choices=["interval", "slab"], default=["interval", "slab"])
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--steps-per-epoch", type=int, default=100)
-    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--lr", type=finite_float, default=1e-4)
     parser.add_argument("--lr-halve-every", type=int, default=200, help="epochs between halvings (paper 200)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--lr-slices", type=int, default=8, help="LR slices per patch")
@@ -35,7 +37,7 @@ def add_arguments(parser) -> None:
                              "(e.g. 0.3; default 0 = off)")
     parser.add_argument("--val", nargs="*", default=[], help="held-back volumes validated each epoch "
                         "(x2/x3/x5 on a central crop, model and trilinear, to validation.csv)")
-    parser.add_argument("--max-minutes", type=float, help="stop with a checkpoint after this long")
+    parser.add_argument("--max-minutes", type=finite_float, help="stop with a checkpoint after this long")
     parser.add_argument("--name", default="cycleinr", help="name of the final model file")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--fp16-weights", action="store_true", help="store the final weights in fp16")
