@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ import numpy as np
 from .api import slice_axis_of_image, super_resolve_image
 from .errors import InputError, OutputError
 from .geometry import plan_output
-from .native_messages import native_stderr_captured
+from .native_messages import NativeWarning, native_stderr_captured
 from .output_files import WRITE_SUFFIXES, check_name_fits, check_output_path, claim_output, suffix_of, write_image
 from .volumes import is_volume_file, read_image
 
@@ -37,8 +38,12 @@ def super_resolve_file(input_path: str | os.PathLike, output_path: str | os.Path
     check_not_into_input(input_path, output_path)
     check_output_path(output_path, overwrite)  # fail fast, before reading a large input
     with claim_output(output_path):
-        with native_stderr_captured(relay=True):
+        # a file refused by our checks is explained by our message: what the library printed
+        # while reading it is shown only when the read succeeds
+        with native_stderr_captured() as library_messages:
             image = read_image(input_path)
+        for message in library_messages:
+            warnings.warn(message, NativeWarning, stacklevel=2)
         grid = expected_output(image, scale, target_spacing, slice_axis)
         dtype = np.dtype(_numpy_dtype(image))
         check_output_path(output_path, overwrite, expected_bytes=grid.voxels * dtype.itemsize + (1 << 20))
