@@ -13,8 +13,10 @@ import time
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 sys.path[:0] = [os.path.join(REPO, "Testing", "slicer_standin"), os.path.join(REPO, "CycleINRSR")]
 
-import slicer  # noqa: E402
+import slicerapp  # noqa: E402
 from PySide6 import QtCore, QtGui  # noqa: E402
+
+slicer = slicerapp.start()
 
 
 def draw_icon(path, size=128, accent="#2a7fd4"):
