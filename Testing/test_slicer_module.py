@@ -324,6 +324,7 @@ def test_failed_import_removes_the_output_and_its_display_node(scene, tiny_model
     (real RemoveNode leaves display nodes behind)."""
     slicer, module = scene
     head = slicer.util.loadVolume(str(HEAD_CT))
+    slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)  # made on first use
     classes_before = sorted(slicer.mrmlScene.GetNthNode(i).GetClassName()
                             for i in range(slicer.mrmlScene.GetNumberOfNodes()))
 

@@ -78,14 +78,15 @@ def createModule(moduleClass):
 
 def createWidget(widgetClass):
     """Build a module panel as qSlicerScriptedLoadableModuleWidget does: a qMRMLWidget with a
-    vertical layout and the scene, then ``setup()``, then ``enter()`` (the module is shown)."""
+    vertical layout and the scene, then ``setup()``, then ``enter()`` if the class has one."""
     parent = slicer.qMRMLWidget()
     parent.setLayout(qt.QVBoxLayout())
     parent.setMRMLScene(slicer.mrmlScene)
     widget = widgetClass(parent)
     widget.setup()
     parent.isEntered = True
-    widget.enter()
+    if hasattr(widget, "enter"):  # qSlicerScriptedLoadableModuleWidget calls it only where defined
+        widget.enter()
     return widget
 
 
