@@ -2,8 +2,8 @@
 
     .venv/bin/python Testing/slicer_standin/render_assets.py
 
-Screenshots are the real CycleINRSR panel (its .ui and Widget code) in the stand-in, on the
-committed chest CT crop, with the bundled CPU-sized CT model.
+Screenshots are the real CycleINRSR panel (its .ui and Widget code) on slicer-core's MRML with
+the Qt stand-in, on the committed chest CT crop, with the bundled CPU-sized CT model.
 """
 import os
 import sys
