@@ -67,6 +67,10 @@ def slicer_app():
         if path not in sys.path:
             sys.path.insert(0, path)
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    try:
+        from slicer import vtkMRMLScene  # noqa: F401
+    except ImportError:
+        pytest.fail("Slicer's MRML is missing: install the test extra (pip install -e '.[test]' brings slicer-core)")
     import slicerapp
     slicer = slicerapp.start()
     assert slicer.vtkMRMLScene.__module__.startswith("slicer_core."), "MRML must come from slicer-core"
