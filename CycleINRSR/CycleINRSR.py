@@ -145,8 +145,12 @@ class CycleINRSRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._parameterNode.inputVolume = firstVolumeNode
 
     def setParameterNode(self, inputParameterNode):
-        if self._parameterNode:
+        # exit() may have unbound the node already: unbinding twice makes VTKObservationMixin warn
+        if self._parameterNode and self._parameterNodeGuiTag is not None:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+        if self._parameterNode and self.hasObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent,
+                                                    self.onParameterNodeModified):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
@@ -523,32 +527,27 @@ class CycleINRSRLogic(ScriptedLoadableModuleLogic):
             raise RuntimeError("cancelled" if job.state == "cancelled" else job.error)
         return job.outputVolumeNode
 
-    # --- MRML <-> files (geometry in the file, LPS as NRRD readers expect) ---------------------
+    # --- MRML <-> files: Slicer's own volume storage node does the RAS <-> LPS geometry ----------
     @staticmethod
     def writeVolumeFile(volumeNode, path):
-        import SimpleITK as sitk
-        image = sitk.GetImageFromArray(slicer.util.arrayFromVolume(volumeNode))  # a copy
-        directions = vtk.vtkMatrix4x4()
-        volumeNode.GetIJKToRASDirectionMatrix(directions)
-        lps = (-1.0, -1.0, 1.0)
-        image.SetSpacing(volumeNode.GetSpacing())
-        image.SetOrigin([lps[r] * volumeNode.GetOrigin()[r] for r in range(3)])
-        image.SetDirection([lps[r] * directions.GetElement(r, c) for r in range(3) for c in range(3)])
-        sitk.WriteImage(image, path, False)
+        """The node's voxels and local geometry (a parent transform is not applied) as NRRD.
+
+        A storage node made here, outside the scene: the node keeps its own storage node and file name.
+        """
+        storageNode = slicer.vtkMRMLVolumeArchetypeStorageNode()
+        storageNode.SetFileName(path)
+        storageNode.SetUseCompression(False)  # a temporary file: speed over size
+        if not storageNode.WriteData(volumeNode):
+            raise RuntimeError(f"Slicer could not write the volume to {path}")
 
     @staticmethod
     def readVolumeFile(path, volumeNode):
-        import SimpleITK as sitk
-        image = sitk.ReadImage(path)
-        lps = (-1.0, -1.0, 1.0)
-        direction = image.GetDirection()
-        ijkToRAS = vtk.vtkMatrix4x4()
-        for r in range(3):
-            for c in range(3):
-                ijkToRAS.SetElement(r, c, lps[r] * direction[3 * r + c] * image.GetSpacing()[c])
-            ijkToRAS.SetElement(r, 3, lps[r] * image.GetOrigin()[r])
-        volumeNode.SetIJKToRASMatrix(ijkToRAS)
-        slicer.util.updateVolumeFromArray(volumeNode, sitk.GetArrayFromImage(image))
+        """Voxels and geometry of a NRRD file into ``volumeNode`` (its name and transform are kept)."""
+        storageNode = slicer.vtkMRMLVolumeArchetypeStorageNode()
+        storageNode.SetFileName(path)
+        storageNode.SetSingleFile(True)
+        if not storageNode.ReadData(volumeNode):
+            raise RuntimeError(f"Slicer could not read the volume from {path}")
 
     def placeOutput(self, inputVolumeNode, outputVolumeNode, show=True):
         """Display like the input, sit beside it in the subject hierarchy, show in slice views."""
@@ -556,7 +555,8 @@ class CycleINRSRLogic(ScriptedLoadableModuleLogic):
         source, target = inputVolumeNode.GetDisplayNode(), outputVolumeNode.GetDisplayNode()
         if source is not None and target is not None:
             with slicer.util.NodeModify(target):
-                target.SetAndObserveColorNodeID(source.GetColorNodeID())
+                if source.GetColorNodeID():  # None in a scene without the Colors logic: MRML refuses None
+                    target.SetAndObserveColorNodeID(source.GetColorNodeID())
                 target.SetAutoWindowLevel(source.GetAutoWindowLevel())
                 target.SetWindowLevel(source.GetWindow(), source.GetLevel())
                 target.SetInterpolate(source.GetInterpolate())
@@ -564,14 +564,25 @@ class CycleINRSRLogic(ScriptedLoadableModuleLogic):
         shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
         inputItem = shNode.GetItemByDataNode(inputVolumeNode)
         outputItem = shNode.GetItemByDataNode(outputVolumeNode)
-        if inputItem and outputItem:
-            shNode.SetItemParent(outputItem, shNode.GetItemParent(inputItem))
+        if inputItem:
+            parentItem = shNode.GetItemParent(inputItem)
+            if outputItem:
+                shNode.SetItemParent(outputItem, parentItem)
+            else:  # no item without Slicer's subject hierarchy plugin (scripts, slicer-core): make it
+                shNode.CreateItem(parentItem, outputVolumeNode)
         if show:
             slicer.util.setSliceViewerLayers(background=outputVolumeNode, fit=True)
 
     @staticmethod
     def outputName(inputVolumeNode, scale):
-        return slicer.mrmlScene.GetUniqueNameByString(f"{inputVolumeNode.GetName()}_x{scale:.3g}")
+        """``<input>_x<scale>``, or ``..._1``, ``..._2`` ... when taken. Asking uses nothing up (the
+        scene's GetUniqueNameByString moves its counter on at every call)."""
+        baseName = f"{inputVolumeNode.GetName()}_x{scale:.3g}"
+        name, index = baseName, 0
+        while slicer.mrmlScene.GetFirstNodeByName(name) is not None:
+            index += 1
+            name = f"{baseName}_{index}"
+        return name
 
 
 class SuperResolveJob:
@@ -659,6 +670,7 @@ class SuperResolveJob:
     def _readOutput(process, lines):
         for line in process.stdout:
             lines.put(line.rstrip("\n"))
+        process.stdout.close()
         process.wait()
         lines.put(None)
 
@@ -753,8 +765,12 @@ class SuperResolveJob:
             self.logic.readVolumeFile(self.outputPath, node)
             self.logic.placeOutput(self.inputNode, node, show=self.showResult)
         except Exception:
-            if created:
-                slicer.mrmlScene.RemoveNode(node)
+            if created:  # RemoveNode leaves display and storage nodes behind: remove them too
+                helpers = [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]
+                helpers += [node.GetNthStorageNode(i) for i in range(node.GetNumberOfStorageNodes())]
+                for helper in helpers + [node]:
+                    if helper is not None:
+                        slicer.mrmlScene.RemoveNode(helper)
             raise
         self.outputVolumeNode = node
 

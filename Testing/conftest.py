@@ -53,3 +53,40 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+# --- the Slicer layer: Slicer's own MRML (slicer-core) + the Qt-only stand-in -----------------
+STANDIN = REPO / "Testing" / "slicer_standin"
+
+
+@pytest.fixture(scope="session")
+def slicer_app():
+    """``slicer`` as the application sets it up: slicer-core's scene, logics and util.py, with
+    slicer.app and the Qt-only classes from Testing/slicer_standin (see slicerapp/__init__.py)."""
+    for path in (str(STANDIN), str(ENGINE_DIR), str(REPO / "CycleINRTraining")):
+        if path not in sys.path:
+            sys.path.insert(0, path)
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    try:
+        from slicer import vtkMRMLScene  # noqa: F401
+    except ImportError:
+        pytest.fail("Slicer's MRML is missing: install the test extra (pip install -e '.[test]' brings slicer-core)")
+    import slicerapp
+    slicer = slicerapp.start()
+    assert slicer.vtkMRMLScene.__module__.startswith("slicer_core."), "MRML must come from slicer-core"
+    return slicer
+
+
+@pytest.fixture(scope="session")
+def tiny_model_file(tiny_model, tmp_path_factory):
+    from cycleinr import save_model
+    return str(save_model(tmp_path_factory.mktemp("model") / "tiny_untrained.safetensors",
+                          tiny_model.network, tiny_model.info))
+
+
+@pytest.fixture
+def mrml(slicer_app, monkeypatch):
+    """The application's scene, closed (File > Close scene) before each test."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the worker processes share the cores with everyone
+    slicer_app.mrmlScene.Clear(False)
+    return slicer_app

@@ -1,37 +1,21 @@
-"""The CycleINRTraining Slicer module against the stand-in: fine-tune and train through its Logic
-and panel, on real CT crops, with the UNTRAINED tiny test model and a few steps (plumbing only)."""
+"""The CycleINRTraining Slicer module on Slicer's own MRML (slicer-core; its panel on the Qt
+stand-in): fine-tune and train through its Logic and panel, on real CT crops loaded by Slicer's
+volumes logic, with the UNTRAINED tiny test model and a few steps (plumbing only)."""
 from __future__ import annotations
-
-import sys
 
 import numpy as np
 import pytest
 
-from conftest import ENGINE_DIR, HEAD_CT, REPO
-
-STANDIN = REPO / "Testing" / "slicer_standin"
+from conftest import HEAD_CT
 
 
-@pytest.fixture(scope="module")
-def training_module():
-    for path in (str(STANDIN), str(ENGINE_DIR), str(REPO / "CycleINRTraining")):
-        if path not in sys.path:
-            sys.path.insert(0, path)
-    import slicer
-    from slicer.ScriptedLoadableModule import createModule
-
+@pytest.fixture
+def training_module(mrml):
     import CycleINRTraining
-    if not hasattr(slicer.modules, "cycleinrtraining"):
+    from slicer.ScriptedLoadableModule import createModule
+    if not hasattr(mrml.modules, "cycleinrtraining"):
         createModule(CycleINRTraining.CycleINRTraining)
-    slicer.mrmlScene.Clear(True)
-    return slicer, CycleINRTraining
-
-
-@pytest.fixture(scope="module")
-def tiny_model_file(tiny_model, tmp_path_factory):
-    from cycleinr import save_model
-    return str(save_model(tmp_path_factory.mktemp("model") / "tiny_untrained.safetensors",
-                          tiny_model.network, tiny_model.info))
+    return mrml, CycleINRTraining
 
 
 @pytest.mark.slow

@@ -52,15 +52,42 @@ class PythonQtAccess:
             return
         super().__setattr__(name, value)
 
+    # C++ signatures of signals declared in Python (PySide6 lists them with PyObject arguments)
+    _cppSignals: dict[str, str] = {}
+
+    @property
+    def name(self):
+        """PythonQt exposes objectName as ``name`` (util.childWidgetVariables reads it)."""
+        return QtCore.QObject.objectName(self)
+
+    def _signalName(self, signature):
+        """The signal for a C++ signature such as ``"clicked(bool)"``; anything else raises.
+
+        PythonQt finds a signal by its exact normalised signature and refuses an unknown one
+        (``connect`` fails); here that is an error, so a misspelt signature cannot pass a test.
+        """
+        normalised = QtCore.QMetaObject.normalizedSignature(signature).data().decode()
+        if normalised in type(self)._cppSignals:
+            return type(self)._cppSignals[normalised]
+        meta = QtCore.QObject.metaObject(self)
+        for index in range(meta.methodCount()):
+            method = meta.method(index)
+            if method.methodType() == QtCore.QMetaMethod.Signal and method.methodSignature().data().decode() == normalised:
+                if "PyObject" not in normalised:
+                    return normalised.split("(")[0]
+        raise ValueError(f"{type(self).__name__} has no signal {signature!r}")
+
     def connect(self, signature, slot):
-        getattr(self, signature.split("(")[0]).connect(slot)
+        getattr(self, self._signalName(signature)).connect(slot)
+        return True
 
     def disconnect(self, signature, slot=None):
-        signal = getattr(self, signature.split("(")[0])
+        signal = getattr(self, self._signalName(signature))
         if slot is None:
             signal.disconnect()
         else:
             signal.disconnect(slot)
+        return True
 
 
 def _wrap(base):
@@ -86,7 +113,9 @@ QGroupBox = _wrap(QtWidgets.QGroupBox)
 QSlider = _wrap(QtWidgets.QSlider)
 QTimer = _wrap(QtCore.QTimer)
 QMessageBox = _wrap(QtWidgets.QMessageBox)
+QDialog = _wrap(QtWidgets.QDialog)
 QFileDialog = QtWidgets.QFileDialog
+QFile = QtCore.QFile
 
 WIDGET_CLASSES = {cls.__name__: cls for cls in (
     QWidget, QFrame, QLabel, QPushButton, QToolButton, QCheckBox, QRadioButton, QComboBox,
@@ -107,3 +136,57 @@ QVBoxLayout = QtWidgets.QVBoxLayout
 QHBoxLayout = QtWidgets.QHBoxLayout
 QFormLayout = QtWidgets.QFormLayout
 QSizePolicy = QtWidgets.QSizePolicy
+
+
+class QUiLoader:
+    """Slicer's PythonQt ``qt.QUiLoader``: loads a Designer file with Qt, CTK and qMRML widgets.
+
+    As in Slicer, ``mrmlSceneChanged(vtkMRMLScene*) -> setMRMLScene(vtkMRMLScene*)`` connections
+    in the file are made (a widget the file does not connect gets no scene); a widget class or a
+    connection the stand-in does not have is an error, never silently dropped.
+    """
+
+    def load(self, device, parentWidget=None):
+        import xml.etree.ElementTree as ElementTree
+
+        import ctk
+        from PySide6.QtUiTools import QUiLoader as PySideLoader
+        from slicerapp import widgets
+
+        classes = {**WIDGET_CLASSES, **ctk.WIDGET_CLASSES, **widgets.WIDGET_CLASSES}
+        source = device.fileName() if isinstance(device, QtCore.QFile) else "the .ui data"
+
+        class Loader(PySideLoader):
+            def createWidget(self, className, parent=None, name=""):
+                cls = classes.get(className)
+                if cls is None:
+                    raise RuntimeError(f"{source}: widget class {className} is not in the stand-in")
+                widget = cls(parent)
+                widget.setObjectName(name)
+                return widget
+
+        root = ElementTree.fromstring(bytes(device.readAll().data()))
+        connections = root.find("connections")
+        sceneLinks = []
+        if connections is not None:
+            for connection in connections.findall("connection"):
+                signal, slot = connection.findtext("signal"), connection.findtext("slot")
+                if signal == "mrmlSceneChanged(vtkMRMLScene*)" and slot == "setMRMLScene(vtkMRMLScene*)":
+                    sceneLinks.append((connection.findtext("sender"), connection.findtext("receiver")))
+                else:
+                    raise RuntimeError(f"{source}: connection {signal} -> {slot} is not in the stand-in")
+            root.remove(connections)
+        buffer = QtCore.QBuffer()
+        buffer.setData(ElementTree.tostring(root))
+        buffer.open(QtCore.QIODevice.ReadOnly)
+        widget = Loader().load(buffer, parentWidget)
+        if widget is None:
+            return None
+        for senderName, receiverName in sceneLinks:
+            sender = widget if QtCore.QObject.objectName(widget) == senderName else \
+                widget.findChild(QtCore.QObject, senderName)
+            receiver = widget.findChild(QtCore.QObject, receiverName)
+            if sender is None or receiver is None:
+                raise RuntimeError(f"{source}: connection between unknown widgets {senderName}, {receiverName}")
+            sender.mrmlSceneChanged.connect(receiver.setMRMLScene)
+        return widget

@@ -2,8 +2,8 @@
 
     .venv/bin/python Testing/slicer_standin/render_assets.py
 
-Screenshots are the real CycleINRSR panel (its .ui and Widget code) in the stand-in, on the
-committed chest CT crop, with the bundled CPU-sized CT model.
+Screenshots are the real CycleINRSR panel (its .ui and Widget code) on slicer-core's MRML with
+the Qt stand-in, on the committed chest CT crop, with the bundled CPU-sized CT model.
 """
 import os
 import sys
@@ -13,8 +13,10 @@ import time
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 sys.path[:0] = [os.path.join(REPO, "Testing", "slicer_standin"), os.path.join(REPO, "CycleINRSR")]
 
-import slicer  # noqa: E402
+import slicerapp  # noqa: E402
 from PySide6 import QtCore, QtGui  # noqa: E402
+
+slicer = slicerapp.start()
 
 
 def draw_icon(path, size=128, accent="#2a7fd4"):

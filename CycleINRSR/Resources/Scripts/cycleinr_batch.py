@@ -54,7 +54,6 @@ def run(argv):
 
 
 def main():
-    import slicer
     try:
         run(sys.argv[1:])
         status = 0
@@ -63,7 +62,11 @@ def main():
     except Exception as error:  # noqa: BLE001 - one line for the log, an exit code for the caller
         print(f"cycleinr_batch: error: {error}", file=sys.stderr, flush=True)
         status = 2
-    slicer.util.exit(status)
+    try:
+        import slicer
+        slicer.util.exit(status)  # lets Slicer finish its pending events, then exit with status
+    except Exception:  # noqa: BLE001 - no Slicer application to ask: the status must still get out
+        sys.exit(status)
 
 
 main()

@@ -11,6 +11,7 @@ refused with ValueError, and every GUI change writes the parameter node (Modifie
 from __future__ import annotations
 
 import dataclasses
+import logging
 import pathlib
 import typing
 
@@ -86,23 +87,45 @@ def _node_class(datatype):
     return None
 
 
-# --- serializers: value <-> parameter node ----------------------------------------------------
+class NotNone:
+    def validate(self, value):
+        if value is None:
+            raise ValueError("Value must not be None")
+
+
+class IsInstance:
+    def __init__(self, classtype):
+        self.classtype = classtype
+
+    def validate(self, value):
+        if value is not None and not isinstance(value, self.classtype):
+            raise TypeError(f"Value must be of type '{self.classtype}', is type '{type(value)}' value '{value}'")
+
+
+# --- serializers: value <-> parameter node (serializers.py: Number, String, Path, Bool, Node) ---
 class _Serializer:
+    """bool, int, float, str, pathlib.Path: a parameter string, validated before it is written."""
+
+    _DEFAULTS = {bool: False, int: 0, float: 0, str: "", pathlib.Path: pathlib.Path()}
+
     def __init__(self, datatype, validators):
         self.datatype = datatype
-        self.validators = validators
+        accepted = (int, float) if datatype is float else datatype
+        self.validators = [NotNone(), IsInstance(accepted)] + validators
 
     def default(self):
-        return {bool: False, int: 0, float: 0.0, str: "", pathlib.Path: pathlib.Path()}[self.datatype]
+        return self._DEFAULTS[self.datatype]
 
     def isIn(self, node, name):
-        return name in node.GetParameterNames()
+        return node.HasParameter(name)
 
     def write(self, node, name, value):
-        value = self.datatype(value)
         for validator in self.validators:
             validator.validate(value)
-        node.SetParameter(name, str(value))
+        if self.datatype is bool:
+            node.SetParameter(name, "True" if value else "False")
+        else:
+            node.SetParameter(name, str(value))
 
     def read(self, node, name):
         text = node.GetParameter(name)
@@ -114,18 +137,18 @@ class _Serializer:
 class _NodeSerializer:
     def __init__(self, node_class, validators):
         self.node_class = node_class
-        self.validators = validators
+        self.validators = [IsInstance(node_class)] + validators
 
     def default(self):
         return None
 
     def isIn(self, node, name):
-        return node.GetNodeReferenceID(name) is not None or name in getattr(node, "_node_params", set())
+        return node.HasParameter(name)
 
     def write(self, node, name, value):
-        if value is not None and not value.IsA(self.node_class._class_name):
-            raise ValueError(f"Expected {self.node_class._class_name}, got {value.GetClassName()}")
-        node._node_params = getattr(node, "_node_params", set()) | {name}
+        for validator in self.validators:
+            validator.validate(value)
+        node.SetParameter(name, "")
         node.SetNodeReferenceID(name, value.GetID() if value is not None else None)
 
     def read(self, node, name):
@@ -133,15 +156,20 @@ class _NodeSerializer:
 
 
 def _serializer(datatype):
+    """Only the types the stand-in implements; Slicer also has list, tuple, dict, enum, Union,
+    parameterPack ...: those are refused here (a test then fails rather than passes wrongly)."""
     base, annotations = _split(datatype)
     validators = [a for a in annotations if hasattr(a, "validate")]
     default = next((a.value for a in annotations if isinstance(a, Default)), None)
+    unused = [a for a in annotations if not hasattr(a, "validate") and not isinstance(a, Default)]
+    if unused:
+        logging.warning(f"Unused annotations: {unused}")  # as wrapper.py does
     node_class = _node_class(base)
     if node_class is not None:
         return _NodeSerializer(node_class, validators), default
     if base in (bool, int, float, str, pathlib.Path):
         return _Serializer(base, validators), default
-    raise Exception(f"Unable to create serializer for type {datatype}")
+    raise Exception(f"Unable to create serializer for type: {datatype}")
 
 
 # --- GUI connectors: widget <-> value ---------------------------------------------------------
@@ -203,7 +231,7 @@ def _connector(widget, datatype):
         return _Connector(widget, widget.currentPathChanged, lambda: pathlib.Path(widget.currentPath),
                           lambda v: setattr(widget, "currentPath", str(v)))
     if _node_class(base) is not None and kind is slicer.qMRMLNodeComboBox:
-        widget.nodeTypes = [_node_class(base)._class_name]
+        widget.nodeTypes = [_node_class(base).__name__]
         return _Connector(widget, widget.currentNodeChanged, widget.currentNode, widget.setCurrentNode)
     raise RuntimeError(f"Unable to create GUI connector from datatype '{datatype}' to widget type '{kind}'")
 

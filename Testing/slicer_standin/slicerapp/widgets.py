@@ -13,6 +13,7 @@ from qt import PythonQtAccess
 
 class qMRMLWidget(PythonQtAccess, QtWidgets.QWidget):
     mrmlSceneChanged = QtCore.Signal(object)
+    _cppSignals = {"mrmlSceneChanged(vtkMRMLScene*)": "mrmlSceneChanged"}
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -29,6 +30,8 @@ class qMRMLWidget(PythonQtAccess, QtWidgets.QWidget):
 class qMRMLNodeComboBox(PythonQtAccess, QtWidgets.QWidget):
     currentNodeChanged = QtCore.Signal(object)
     nodeAdded = QtCore.Signal(object)
+    _cppSignals = {"currentNodeChanged(vtkMRMLNode*)": "currentNodeChanged",
+                   "nodeAdded(vtkMRMLNode*)": "nodeAdded"}
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -67,7 +70,8 @@ class qMRMLNodeComboBox(PythonQtAccess, QtWidgets.QWidget):
         if self._scene is None:
             return []
         nodes = []
-        for node in self._scene.GetNodes():
+        collection = self._scene.GetNodes()
+        for node in (collection.GetItemAsObject(i) for i in range(collection.GetNumberOfItems())):
             if not any(node.IsA(t) for t in self._node_types):
                 continue
             if not self._flags["showChildNodeTypes"] and node.GetClassName() not in self._node_types:
