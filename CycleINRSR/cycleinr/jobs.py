@@ -22,8 +22,14 @@ def expected_output(image, scale=None, target_spacing=None, slice_axis=None):
 def super_resolve_file(input_path: str | os.PathLike, output_path: str | os.PathLike,
                        scale: float | None = None, target_spacing: float | None = None,
                        slice_axis=None, overwrite: bool = False, **options):
-    """Read, check everything (output path, disk space), super-resolve, write atomically."""
+    """Read, check everything (output path, disk space), super-resolve, write atomically.
+
+    With ``adapt_minutes``, a DICOM series' slice thickness is read from its headers unless
+    ``slice_thickness`` is given, and ``save_model`` is written only after the output is."""
     output_path = Path(output_path)
+    save_model = options.pop("save_model", None)
+    if options.get("adapt_minutes"):
+        _prepare_adaptation(input_path, save_model, overwrite, options)
     if output_path.exists() and Path(input_path).exists() and output_path.resolve() == Path(input_path).resolve():
         raise OutputError(f"output would overwrite the input {output_path}; the input is never modified")
     check_output_path(output_path, overwrite)  # fail fast, before reading a large input
@@ -34,7 +40,23 @@ def super_resolve_file(input_path: str | os.PathLike, output_path: str | os.Path
     output, result = super_resolve_image(image, scale=scale, target_spacing=target_spacing,
                                          slice_axis=slice_axis, **options)
     write_image(output, output_path, overwrite=overwrite)
+    if save_model is not None and result.adaptation is not None:
+        from .weights import save_model as write_model
+        write_model(save_model, result.adaptation.model.network, result.adaptation.model.info)
     return result
+
+
+def _prepare_adaptation(input_path, save_model, overwrite: bool, options: dict) -> None:
+    """Check where the adapted model goes; a DICOM folder's slice profile from its headers."""
+    from .adapt import check_model_output
+    from .slice_profile import dicom_slice_profile
+
+    if save_model is not None:
+        check_model_output(save_model, overwrite)
+    if options.get("slice_thickness") is None and Path(input_path).is_dir():
+        profile = dicom_slice_profile(input_path)
+        options["slice_thickness"] = profile.thickness
+        options["adapt_options"] = dict(options.get("adapt_options") or {}, thickness_source=profile.source)
 
 
 def _numpy_dtype(image):

@@ -24,10 +24,14 @@ def add_arguments(parser) -> None:
     parser.add_argument("--methods", nargs="+", default=["trilinear", "cubic", "cycleinr"], metavar="M",
                         help="trilinear, cubic (B-spline), nearest, cycleinr (bundled model), "
                              "cycleinr=MODEL.safetensors; cycleinr-regenerate[=MODEL] (acquired slices "
-                             "regenerated too), cycleinr-skip[=MODEL] (with --skip-below)")
+                             "regenerated too), cycleinr-skip[=MODEL] (with --skip-below), "
+                             "cycleinr-adapt=MINUTES[:MODEL] (adapt to each input first, as --adapt)")
     parser.add_argument("--skip-below", type=float, default=-900.0, metavar="VALUE",
                         help="for cycleinr-skip: voxels whose LR neighbours are all below VALUE (input "
                              "units) are interpolated, not run through the network (default -900: CT air)")
+    parser.add_argument("--slice-thickness", type=float, metavar="MM",
+                        help="for cycleinr-adapt: the thick slices' thickness for the slice profile "
+                             "(default: their spacing, as super-resolve --adapt assumes for NIfTI/NRRD)")
     parser.add_argument("--modality", default="auto", choices=["auto", "ct", "mr"],
                         help="CT: window [-1024, 3071] HU; MR: [min, 99.9th percentile] of the reference "
                              "(auto: CT when the darkest voxels are air in HU)")
@@ -98,7 +102,9 @@ def run(args) -> int:
     from ..volumes import read_image
 
     inputs = _inputs(args.data)
-    methods = dict(protocol.method_from_spec(spec, args.device, args.skip_below) for spec in args.methods)
+    methods = dict(protocol.method_from_spec(spec, args.device, args.skip_below, args.slice_thickness,
+                                             log=lambda line: print(line, file=sys.stderr, flush=True))
+                   for spec in args.methods)
     for scale in args.scales:
         protocol.exact_ratio(scale)  # fail before any work on a scale without ground truth
     out = Path(args.out)
