@@ -172,12 +172,13 @@ def adapted_method(minutes: float, model=None, device: str = "auto", slice_thick
 
 
 def method_from_spec(spec: str, device: str = "auto", skip_below: float = -900.0,
-                     slice_thickness: float | None = None, log=None) -> tuple[str, Method]:
+                     slice_thickness: float | None = None, log=None,
+                     adapt_options: dict | None = None) -> tuple[str, Method]:
     """'trilinear', 'cubic', 'nearest', 'cycleinr' (bundled model) or 'cycleinr=PATH';
     'cycleinr-regenerate[=PATH]' lets the network regenerate the acquired slices too;
     'cycleinr-skip[=PATH]' interpolates where every LR neighbour is below ``skip_below`` (air);
     'cycleinr-adapt=MINUTES[:PATH]' adapts to each input for MINUTES first (``slice_thickness``
-    mm for its slice profile, default the thick spacing)."""
+    mm for its slice profile; ``adapt_options`` go to ``adapt_model``, e.g. clock="cpu")."""
     name, _, model = spec.partition("=")
     if name == "cycleinr-adapt":
         minutes, _, path = model.partition(":")
@@ -187,7 +188,7 @@ def method_from_spec(spec: str, device: str = "auto", skip_below: float = -900.0
             value = 0.0
         if not value > 0:
             raise InputError(f"{spec!r}: give the adaptation time, e.g. cycleinr-adapt=3 (minutes)")
-        return spec, adapted_method(value, path or None, device, slice_thickness, log)
+        return spec, adapted_method(value, path or None, device, slice_thickness, log, **(adapt_options or {}))
     if name in INTERPOLATIONS and not model:
         return name, interpolation_method(name)
     if name in ("cycleinr", "cycleinr-regenerate"):

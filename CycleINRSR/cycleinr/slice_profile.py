@@ -69,9 +69,11 @@ class SliceProfile:
 
 
 def profile_for(spacing: float, thickness: float | None = None, source: str | None = None) -> SliceProfile:
-    """The profile for a slice spacing; ``thickness`` None: unknown (see ``widths``)."""
+    """The profile for a slice spacing; an unknown thickness is taken as the spacing (contiguous
+    slices, what a scanner's thick reconstruction usually is). ``SliceProfile(None, ...)`` would
+    train on both ends instead (gapped and contiguous): measured to gain nothing (README)."""
     if thickness is None:
-        return SliceProfile(None, float(spacing), source or "give --slice-thickness to set it")
+        return SliceProfile(float(spacing), float(spacing), "thickness unknown: taken as the spacing")
     return SliceProfile(float(thickness), float(spacing), source or "given")
 
 

@@ -32,6 +32,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--slice-thickness", type=float, metavar="MM",
                         help="for cycleinr-adapt: the thick slices' thickness for the slice profile "
                              "(default: their spacing, as super-resolve --adapt assumes for NIfTI/NRRD)")
+    parser.add_argument("--adapt-clock", default="wall", choices=["wall", "cpu"],
+                        help="for cycleinr-adapt: count the minutes in wall time (as --adapt does) or in this "
+                             "process's CPU time (steady figures on a busy shared machine; with "
+                             "OMP_NUM_THREADS=1, minutes of one core)")
     parser.add_argument("--modality", default="auto", choices=["auto", "ct", "mr"],
                         help="CT: window [-1024, 3071] HU; MR: [min, 99.9th percentile] of the reference "
                              "(auto: CT when the darkest voxels are air in HU)")
@@ -103,7 +107,8 @@ def run(args) -> int:
 
     inputs = _inputs(args.data)
     methods = dict(protocol.method_from_spec(spec, args.device, args.skip_below, args.slice_thickness,
-                                             log=lambda line: print(line, file=sys.stderr, flush=True))
+                                             log=lambda line: print(line, file=sys.stderr, flush=True),
+                                             adapt_options={"clock": args.adapt_clock})
                    for spec in args.methods)
     for scale in args.scales:
         protocol.exact_ratio(scale)  # fail before any work on a scale without ground truth
