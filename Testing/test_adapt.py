@@ -155,6 +155,14 @@ def test_cli_adapt_switch_end_to_end_keeps_nothing_unless_asked(tmp_path, tiny_w
 
 
 def test_cli_adapt_options_are_checked_before_work(tmp_path, tiny_weights, capsys):
+    import argparse
+
+    from cycleinr.adapt import DEFAULT_MINUTES
+    from cycleinr.commands import super_resolve as command
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    assert parser.parse_args(["a", "b", "--scale", "5", "--adapt"]).adapt == DEFAULT_MINUTES
+    assert parser.parse_args(["a", "b", "--scale", "5"]).adapt is None
     output = tmp_path / "out.nii.gz"
     assert main(["super-resolve", str(HEAD_CT), str(output), "--scale", "2", "--save-model",
                  str(tmp_path / "m.safetensors")]) == 2

@@ -26,15 +26,14 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
-import torch
 
 from .errors import Cancelled, InputError
 from .geometry import choose_slice_axis
 from .normalise import intensity_map
 from .pairs import Batch, TrainingVolume, _pad_to
 from .slice_profile import SliceProfile, degrade_with_profile, profile_for
-from .train import backward_on_batch
-from .weights import LoadedModel
+
+# torch is imported where it is used: the CLI reads DEFAULT_MINUTES while building its parser
 
 DEFAULT_MINUTES = 3.0
 
@@ -43,7 +42,7 @@ DEFAULT_MINUTES = 3.0
 class Adaptation:
     """What adaptation did and which model came out of it."""
 
-    model: LoadedModel           # the model to use: the adapted copy or the base model itself
+    model: "LoadedModel"         # the model to use: the adapted copy or the base model itself
     adapted: bool                # True: the adapted copy beat the base model on the held-back pairs
     base_psnr: float             # dB on the held-back pairs (normalised intensities)
     adapted_psnr: float          # best adapted state on the same pairs
@@ -140,15 +139,17 @@ def _new_slice_mask(hr_slices: int, scale: float) -> np.ndarray:
     return np.abs(positions - np.round(positions)) > 1e-6
 
 
-@torch.no_grad()
-def validation_psnr(network, batches: list[Batch], device: torch.device, keep: np.ndarray) -> float:
+def validation_psnr(network, batches: list[Batch], device, keep: np.ndarray) -> float:
     """PSNR (peak 1: normalised intensities) over the new slices of fixed held-back batches."""
+    import torch
+
     network.eval()
     errors = []
     for batch in batches:
         lr = torch.from_numpy(batch.lr).to(device)
         positions = torch.from_numpy(batch.hr_positions).float().to(device)
-        out = network(lr, positions, 1.0 / batch.scale).float().cpu().numpy()
+        with torch.no_grad():
+            out = network(lr, positions, 1.0 / batch.scale).float().cpu().numpy()
         difference = (out - batch.hr)[:, :, keep]
         errors.append(np.mean(difference.astype(np.float64) ** 2))
     mse = max(float(np.mean(errors)), 1e-12)
@@ -174,8 +175,12 @@ def adapt_model(volume: np.ndarray, spacing: Sequence[float], scale: float, mode
     "wall" (default) counts wall time; "cpu" counts this process's CPU time, so that a
     measurement on a busy shared machine gets the steps the same minutes give on an idle one.
     """
+    import torch
+
     from .api import pick_model
     from .devices import resolve_device
+    from .train import backward_on_batch
+    from .weights import LoadedModel
 
     if volume.ndim != 3:
         raise InputError(f"adaptation needs a 3D volume, got shape {volume.shape}")
@@ -285,7 +290,7 @@ def check_model_output(path, overwrite: bool = False) -> None:
 _VOXELS_PER_SECOND = {"cpu": 3e5, "cuda": 2e7}
 
 
-def phase_progress(progress, minutes: float, output_voxels: int, device: torch.device):
+def phase_progress(progress, minutes: float, output_voxels: int, device):
     """(adaptation callback, super-resolution callback) mapping each phase's own 0..1 onto one
     bar, the adaptation taking its share of the expected total time; (None, None) without a bar."""
     if progress is None:

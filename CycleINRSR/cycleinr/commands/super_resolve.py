@@ -11,6 +11,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from ..adapt import DEFAULT_MINUTES
 from . import add_scale_arguments
 
 
@@ -37,10 +38,11 @@ def add_arguments(parser) -> None:
                         help="run the network through torch.compile (off by default: measured not to pay "
                              "on CPU; the first volume pays the compilation); if it fails, a warning says so "
                              "and the work goes on uncompiled")
-    parser.add_argument("--adapt", type=float, metavar="MINUTES",
-                        help="first adapt the model to this scan for MINUTES (its own in-plane data, made "
-                             "with its slice profile; the base model is kept if that does not help on "
-                             "held-back data, and the output line says which was used); e.g. 3")
+    parser.add_argument("--adapt", type=float, nargs="?", const=DEFAULT_MINUTES, metavar="MINUTES",
+                        help="first adapt the model to this scan for MINUTES (default "
+                             f"{DEFAULT_MINUTES:g}): its own in-plane data, degraded with its slice profile; the "
+                             "base model is kept if that does not help on held-back data, and the output "
+                             "line says which was used")
     parser.add_argument("--slice-thickness", type=float, metavar="MM",
                         help="with --adapt: the scan's slice thickness (DICOM: read from SliceThickness; "
                              "NIfTI/NRRD default: the slice spacing)")
