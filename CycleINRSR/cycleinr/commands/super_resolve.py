@@ -106,8 +106,9 @@ def run(args) -> int:
         destination = target / output_name(item, args.format)
         try:
             with progress_bar(item.name, enabled=show) as bar:
-                super_resolve_file(item, destination, progress=bar, **options)
-            print(f"{destination}: done")
+                result = super_resolve_file(item, destination, progress=bar, **options)
+            adapted = f" ({result.adaptation.message()})" if result.adaptation is not None else ""
+            print(f"{destination}: done{adapted}")
         except Exception as error:  # one bad file must not stop an archive run
             failures += 1
             print(f"cycleinr: {item.name}: {error}", file=sys.stderr)
