@@ -80,7 +80,7 @@ class CycleINRSRParameterNode:
     keepAcquired: bool = True
     adaptToScan: bool = False
     adaptMinutes: Annotated[float, WithinRange(0.5, 120.0)] = 3.0
-    adaptSliceThickness: Annotated[float, WithinRange(0.0, 50.0)] = 0.0  # 0: the slice spacing
+    adaptSliceThickness: Annotated[float, WithinRange(0.0, 50.0)] = 0.0  # 0: unknown
 
 
 #
@@ -504,7 +504,7 @@ class CycleINRSRLogic(ScriptedLoadableModuleLogic):
         node named after the input and the scale. ``progress(fraction)`` is called as work goes on.
         ``keepAcquired`` (default True): output slices lying on input slices are copied unchanged.
         ``adaptMinutes``: adapt the model to this scan for that long first (``sliceThickness`` mm,
-        default the slice spacing); ``status(message)`` reports the phase and which model was used.
+        None: unknown); ``status(message)`` reports the phase and which model was used.
         With ``waitForCompletion=False`` a running SuperResolveJob is returned instead (its QTimer
         polls the worker; ``completed(job)`` is called at the end).
         """

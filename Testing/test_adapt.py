@@ -62,9 +62,9 @@ def test_gapped_slices_sample_thin_boxes():
     assert degrade_with_profile(fine, 4.0, wider)[1, 0, 0] == pytest.approx(0.25 * 9 + 0.5 * 16 + 0.25 * 25)
     # between two fine samples a one-sample box blends them linearly
     assert degrade_with_profile(fine, 2.5, 1.0)[1, 0, 0] == pytest.approx(0.5 * 4 + 0.5 * 9)
-    unknown = profile_for(2.5)  # a NIfTI without --slice-thickness: contiguous slices
-    assert unknown.thickness == 2.5 and unknown.widths(5.0) == (5.0,) and "unknown" in unknown.describe()
-    assert SliceProfile(None, 2.5).widths(5.0) == (1.0, 5.0)  # both ends, when asked for
+    unknown = profile_for(2.5)  # a NIfTI without --slice-thickness: not guessed, both ends
+    assert unknown.thickness is None and unknown.widths(5.0) == (1.0, 5.0) and "unknown" in unknown.describe()
+    assert profile_for(2.5, 5.0).widths(2.0) == (4.0,)
     with pytest.raises(InputError):
         SliceProfile(0.0, 2.5)
 

@@ -169,7 +169,7 @@ def adapt_model(volume: np.ndarray, spacing: Sequence[float], scale: float, mode
     only if it beats the base model on held-back pairs (see the module docstring).
 
     ``volume`` and ``spacing`` are in array order as for ``super_resolve``; ``scale`` is the factor
-    about to be applied; ``slice_thickness`` (mm; None: taken as the slice spacing) sets the
+    about to be applied; ``slice_thickness`` (mm; None: unknown, see slice_profile.profile_for) sets the
     profile. ``max_steps`` stops sooner (tests). ``progress(fraction)`` reports the share of the
     time used; ``cancel`` (callable or Event) raises ``Cancelled`` within one step. ``clock``
     "wall" (default) counts wall time; "cpu" counts this process's CPU time, so that a

@@ -91,8 +91,8 @@ def super_resolve(volume: np.ndarray, spacing: Sequence[float], scale: float | N
     ``compile_model`` runs the network through torch.compile (off by default: see ``compiled``);
     if compiling fails the result's ``warnings`` say so and the work is done uncompiled.
     ``adapt_minutes``: first adapt the model to this volume for that long (``cycleinr.adapt``:
-    pairs from its in-plane axes made with its slice profile, ``slice_thickness`` mm, default
-    the slice spacing); the base model is kept when adaptation does not help on held-back pairs,
+    pairs from its in-plane axes made with its slice profile, ``slice_thickness`` mm, None:
+    unknown); the base model is kept when adaptation does not help on held-back pairs,
     and ``warnings`` says which was used (``adaptation`` holds the details). The adapted weights
     are dropped unless ``save_model`` (a new .safetensors path) is given; ``adapt_options`` are
     passed to ``adapt_model`` (learning rate, steps ...); ``log(message)`` gets the phase lines.

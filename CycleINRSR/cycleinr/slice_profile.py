@@ -69,11 +69,12 @@ class SliceProfile:
 
 
 def profile_for(spacing: float, thickness: float | None = None, source: str | None = None) -> SliceProfile:
-    """The profile for a slice spacing; an unknown thickness is taken as the spacing (contiguous
-    slices, what a scanner's thick reconstruction usually is). ``SliceProfile(None, ...)`` would
-    train on both ends instead (gapped and contiguous): measured to gain nothing (README)."""
+    """The profile for a slice spacing. An unknown thickness is not guessed: pairs are made at
+    both ends of what it can be (``SliceProfile.widths``). Taking it as the spacing was measured
+    to harm interval-sampled scans (x5, 3 min: -0.83 dB PSNR, SNLI 3.6 -> 8.3) because the
+    held-back pairs, made with the same wrong profile, approved the adapted model."""
     if thickness is None:
-        return SliceProfile(float(spacing), float(spacing), "thickness unknown: taken as the spacing")
+        return SliceProfile(None, float(spacing), source or "give --slice-thickness to set it")
     return SliceProfile(float(thickness), float(spacing), source or "given")
 
 
