@@ -292,7 +292,8 @@ class CycleINRSRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 model=p.modelPath or None, sliceAxis=self._sliceAxisOption(),
                 tileSize=p.tileSize or None, keepAcquired=p.keepAcquired, waitForCompletion=False,
                 adaptMinutes=p.adaptMinutes if p.adaptToScan else None,
-                sliceThickness=p.adaptSliceThickness or None, progress=self.onJobProgress, completed=self.onJobCompleted, status=self.onJobStatus)
+                sliceThickness=p.adaptSliceThickness or None,
+                progress=self.onJobProgress, completed=self.onJobCompleted, status=self.onJobStatus)
         except Exception as error:  # noqa: BLE001 - shown to the user as one line, logged in full
             self._job = None
             self._showError(error)
