@@ -78,6 +78,9 @@ class CycleINRSRParameterNode:
     sliceAxis: Annotated[str, Choice(["auto", "I", "J", "K"])] = "auto"
     tileSize: Annotated[int, WithinRange(0, 512)] = 0
     keepAcquired: bool = True
+    adaptToScan: bool = False
+    adaptMinutes: Annotated[float, WithinRange(0.5, 120.0)] = 3.0
+    adaptSliceThickness: Annotated[float, WithinRange(0.0, 50.0)] = 0.0  # 0: unknown
 
 
 #
@@ -296,6 +299,8 @@ class CycleINRSRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 p.inputVolume, scale=p.scale, outputVolumeNode=p.outputVolume, device=p.device,
                 model=p.modelPath or None, sliceAxis=self._sliceAxisOption(),
                 tileSize=p.tileSize or None, keepAcquired=p.keepAcquired, waitForCompletion=False,
+                adaptMinutes=p.adaptMinutes if p.adaptToScan else None,
+                sliceThickness=p.adaptSliceThickness or None,
                 progress=self.onJobProgress, completed=self.onJobCompleted, status=self.onJobStatus)
         except Exception as error:  # noqa: BLE001 - shown to the user as one line, logged in full
             self._job = None
@@ -500,12 +505,15 @@ class CycleINRSRLogic(ScriptedLoadableModuleLogic):
     # --- the job -----------------------------------------------------------------------------
     def superResolve(self, inputVolumeNode, scale=None, targetSpacing=None, outputVolumeNode=None,
                      device="auto", model=None, progress=None, sliceAxis=None, tileSize=None,
-                     keepAcquired=True, waitForCompletion=True, completed=None, status=None, showResult=True):
+                     keepAcquired=True, waitForCompletion=True, completed=None, status=None, showResult=True,
+                     adaptMinutes=None, sliceThickness=None):
         """Super-resolve ``inputVolumeNode`` along its slice axis; returns the output volume node.
 
         Give ``scale`` (r > 1) or ``targetSpacing`` (mm). ``outputVolumeNode`` None creates a new
         node named after the input and the scale. ``progress(fraction)`` is called as work goes on.
         ``keepAcquired`` (default True): output slices lying on input slices are copied unchanged.
+        ``adaptMinutes``: adapt the model to this scan for that long first (``sliceThickness`` mm,
+        None: unknown); ``status(message)`` reports the phase and which model was used.
         With ``waitForCompletion=False`` a running SuperResolveJob is returned instead (its QTimer
         polls the worker; ``completed(job)`` is called at the end).
         """
@@ -517,7 +525,8 @@ class CycleINRSRLogic(ScriptedLoadableModuleLogic):
         modelPath = model or self.bundledModelPath(device)
         self.modelDescription(modelPath, device)  # fail now, with a clear message, on a bad file
         job = SuperResolveJob(self, inputVolumeNode, outputVolumeNode, grid, dict(
-            device=device, model=modelPath, sliceAxis=sliceAxis, tileSize=tileSize, keepAcquired=keepAcquired),
+            device=device, model=modelPath, sliceAxis=sliceAxis, tileSize=tileSize, keepAcquired=keepAcquired,
+            adaptMinutes=adaptMinutes, sliceThickness=sliceThickness),
             progress=progress, completed=completed, status=status, showResult=showResult)
         job.start(useTimer=not waitForCompletion)
         if not waitForCompletion:
@@ -644,6 +653,10 @@ class SuperResolveJob:
             command += ["--tile-size", str(int(self.options["tileSize"]))]
         if not self.options.get("keepAcquired", True):
             command += ["--no-keep-acquired"]
+        if self.options.get("adaptMinutes"):
+            command += ["--adapt", repr(float(self.options["adaptMinutes"]))]
+            if self.options.get("sliceThickness"):
+                command += ["--slice-thickness", repr(float(self.options["sliceThickness"]))]
         return command
 
     def _launch(self):
@@ -698,6 +711,10 @@ class SuperResolveJob:
                 return
             if self.progressCallback:
                 self.progressCallback(self.fraction)
+        elif keyword == "STATUS":
+            logging.info(f"CycleINR: {text}")
+            if self.statusCallback:
+                self.statusCallback(text)
         elif keyword == "WARNING":
             self.notes.append(text)
             logging.warning(f"CycleINR: {text}")

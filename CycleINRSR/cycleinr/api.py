@@ -39,6 +39,7 @@ class SuperResolved:
     model_name: str
     device: str
     warnings: list[str] = field(default_factory=list)
+    adaptation: "Adaptation | None" = None  # set when adapt_minutes was given (cycleinr.adapt)
 
 
 def pick_model(model: str | os.PathLike | LoadedModel | None, device: torch.device) -> LoadedModel:
@@ -73,7 +74,10 @@ def super_resolve(volume: np.ndarray, spacing: Sequence[float], scale: float | N
                   tile_size: Sequence[int] | None = None, halo: int | None = None,
                   memory_budget: int | None = None, progress=None, cancel=None,
                   out: np.ndarray | None = None, skip_below: float | None = None,
-                  keep_acquired: bool = True, compile_model: bool = False) -> SuperResolved:
+                  keep_acquired: bool = True, compile_model: bool = False,
+                  adapt_minutes: float | None = None, slice_thickness: float | None = None,
+                  save_model: str | os.PathLike | None = None, adapt_options: dict | None = None,
+                  log=None) -> SuperResolved:
     """Upsample ``volume`` along one axis by ``scale`` (or to ``target_spacing`` mm).
 
     ``spacing`` lists the voxel size along each *array* axis (for a SimpleITK array [k, j, i]
@@ -87,6 +91,12 @@ def super_resolve(volume: np.ndarray, spacing: Sequence[float], scale: float | N
     of r for an integer r) are copied from the input unchanged instead of being regenerated.
     ``compile_model`` runs the network through torch.compile (off by default: see ``compiled``);
     if compiling fails the result's ``warnings`` say so and the work is done uncompiled.
+    ``adapt_minutes``: first adapt the model to this volume for that long (``cycleinr.adapt``:
+    pairs from its in-plane axes made with its slice profile, ``slice_thickness`` mm, None:
+    unknown); the base model is kept when adaptation does not help on held-back pairs,
+    and ``warnings`` says which was used (``adaptation`` holds the details). The adapted weights
+    are dropped unless ``save_model`` (a new .safetensors path) is given; ``adapt_options`` are
+    passed to ``adapt_model`` (learning rate, steps ...); ``log(message)`` gets the phase lines.
     """
     check_array(volume)
     check_numeric_options(skip_below=skip_below, halo=halo, tile_size=tile_size, memory_budget=memory_budget)
@@ -96,6 +106,19 @@ def super_resolve(volume: np.ndarray, spacing: Sequence[float], scale: float | N
     check_memory(grid, volume.dtype, torch_device, budget)
     loaded = pick_model(model, torch_device)
     notes = []
+    adaptation = None
+    if adapt_minutes:
+        from .adapt import adapt_model, check_model_output, phase_progress
+        if save_model is not None:
+            check_model_output(save_model)
+        share, progress = phase_progress(progress, adapt_minutes, grid.voxels, torch_device)
+        adaptation = adapt_model(volume, spacing, grid.scale, loaded, adapt_minutes, grid.slice_axis,
+                                 slice_thickness, device=str(torch_device), progress=share, cancel=cancel,
+                                 log=log, **(adapt_options or {}))
+        loaded = adaptation.model
+        notes.append(adaptation.message())
+    elif save_model is not None or slice_thickness is not None:
+        raise InputError("save_model and slice_thickness apply to adaptation: give adapt_minutes too")
     low, high = loaded.info.trained_scales
     if not (low - 1e-6 <= grid.scale <= high + 1e-6):
         message = (f"scale {grid.scale:g} is outside the range the model was trained on "
@@ -114,8 +137,11 @@ def super_resolve(volume: np.ndarray, spacing: Sequence[float], scale: float | N
                     intensity_map(source, loaded.info.normalisation), torch_device, plan,
                     progress=progress, cancel=cancel, skip_below=skip_below, keep_acquired=keep_acquired,
                     compile_model=compile_model, notes=notes)
+    if adaptation is not None and save_model is not None:
+        from .weights import save_model as write_model
+        write_model(save_model, loaded.network, loaded.info)
     return SuperResolved(out, grid.spacing, grid.slice_axis, grid.scale, loaded.name,
-                         str(torch_device), notes)
+                         str(torch_device), notes, adaptation)
 
 
 def check_numeric_options(skip_below=None, halo=None, tile_size=None, memory_budget=None) -> None:

@@ -146,11 +146,49 @@ def cycleinr_method(model=None, device: str = "auto", **options) -> Method:
     return run
 
 
-def method_from_spec(spec: str, device: str = "auto", skip_below: float = -900.0) -> tuple[str, Method]:
+def adapted_method(minutes: float, model=None, device: str = "auto", slice_thickness: float | None = None,
+                   log: Callable[[str], None] | None = None, **adapt_options) -> Method:
+    """``super_resolve(..., adapt_minutes=minutes)``: adapts to each thick input (each volume and
+    scale afresh, from the same base model) before super-resolving it, as the CLI's --adapt does."""
+    from .api import pick_model, super_resolve
+    from .devices import resolve_device
+
+    torch_device = resolve_device(device)
+    loaded = pick_model(model, torch_device)
+
+    def run(thick, thick_spacing, scale, slice_axis):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            result = super_resolve(thick, thick_spacing, scale=scale, slice_axis=slice_axis, model=loaded,
+                                   device=str(torch_device), adapt_minutes=minutes,
+                                   slice_thickness=slice_thickness, adapt_options=adapt_options or None)
+        run.adaptations.append(result.adaptation)
+        if log is not None:
+            log(f"x{scale:g}: {result.adaptation.message()}")
+        return result.array
+    run.adaptations = []
+    run.model_name = loaded.name
+    return run
+
+
+def method_from_spec(spec: str, device: str = "auto", skip_below: float = -900.0,
+                     slice_thickness: float | None = None, log=None,
+                     adapt_options: dict | None = None) -> tuple[str, Method]:
     """'trilinear', 'cubic', 'nearest', 'cycleinr' (bundled model) or 'cycleinr=PATH';
     'cycleinr-regenerate[=PATH]' lets the network regenerate the acquired slices too;
-    'cycleinr-skip[=PATH]' interpolates where every LR neighbour is below ``skip_below`` (air)."""
+    'cycleinr-skip[=PATH]' interpolates where every LR neighbour is below ``skip_below`` (air);
+    'cycleinr-adapt=MINUTES[:PATH]' adapts to each input for MINUTES first (``slice_thickness``
+    mm for its slice profile; ``adapt_options`` go to ``adapt_model``, e.g. clock="cpu")."""
     name, _, model = spec.partition("=")
+    if name == "cycleinr-adapt":
+        minutes, _, path = model.partition(":")
+        try:
+            value = float(minutes)
+        except ValueError:
+            value = 0.0
+        if not value > 0:
+            raise InputError(f"{spec!r}: give the adaptation time, e.g. cycleinr-adapt=3 (minutes)")
+        return spec, adapted_method(value, path or None, device, slice_thickness, log, **(adapt_options or {}))
     if name in INTERPOLATIONS and not model:
         return name, interpolation_method(name)
     if name in ("cycleinr", "cycleinr-regenerate"):
@@ -158,7 +196,7 @@ def method_from_spec(spec: str, device: str = "auto", skip_below: float = -900.0
     if name == "cycleinr-skip":
         return spec, cycleinr_method(model or None, device, skip_below=skip_below)
     raise InputError(f"unknown method {spec!r}; use trilinear, cubic, nearest, cycleinr[=MODEL], "
-                     "cycleinr-regenerate[=MODEL] or cycleinr-skip[=MODEL]")
+                     "cycleinr-regenerate[=MODEL], cycleinr-skip[=MODEL] or cycleinr-adapt=MINUTES[:MODEL]")
 
 
 # scoring ---------------------------------------------------------------------------------------

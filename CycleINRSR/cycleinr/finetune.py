@@ -5,6 +5,10 @@ SMORE/SAINT idea) gives LR/HR pairs from the very scan to be super-resolved: sam
 noise and anatomy. ``fine_tune`` trains a copy of the model on such pairs with the training loss
 (L1 + lambda * cycle) and returns it; the given model is left untouched. Used by ``cycleinr fit``
 and by the CycleINRTraining Slicer module (numpy array in, ``LoadedModel`` out, no files).
+
+For super-resolving one scan, ``super_resolve(..., adapt_minutes=M)`` / ``--adapt`` (``cycleinr.adapt``)
+is the path to use: its pairs follow the scan's own slice profile, and it keeps the base model
+when held-back pairs say adapting did not help. This module keeps the fixed interval/slab mixture.
 """
 from __future__ import annotations
 

@@ -29,12 +29,17 @@ def super_resolve_file(input_path: str | os.PathLike, output_path: str | os.Path
 
     The output name is claimed for the whole job, so a second run for the same output is
     refused at its start; library warnings while reading become one-line warnings.
+    With ``adapt_minutes``, a DICOM series' slice thickness is read from its headers unless
+    ``slice_thickness`` is given, and ``save_model`` is written only after the output is.
     ``output_format="dicom"``: a DICOM series in, a derived DICOM series folder out (dicom_out)."""
     if output_format == "dicom":
         from .dicom_out import super_resolve_to_dicom
         return super_resolve_to_dicom(input_path, output_path, scale, target_spacing, slice_axis,
                                       overwrite, **options)
     output_path = Path(output_path)
+    save_model = options.pop("save_model", None)
+    if options.get("adapt_minutes"):
+        _prepare_adaptation(input_path, save_model, overwrite, options)
     check_not_into_input(input_path, output_path)
     check_output_path(output_path, overwrite)  # fail fast, before reading a large input
     with claim_output(output_path):
@@ -50,6 +55,9 @@ def super_resolve_file(input_path: str | os.PathLike, output_path: str | os.Path
         output, result = super_resolve_image(image, scale=scale, target_spacing=target_spacing,
                                              slice_axis=slice_axis, **options)
         write_image(output, output_path, overwrite=overwrite)
+    if save_model is not None and result.adaptation is not None:
+        from .weights import save_model as write_model
+        write_model(save_model, result.adaptation.model.network, result.adaptation.model.info)
     return result
 
 
@@ -67,6 +75,19 @@ def check_not_into_input(input_path: str | os.PathLike, output_path: str | os.Pa
     if source.is_dir() and (resolved_target == resolved_source or resolved_source in resolved_target.parents):
         raise OutputError(f"output {target} lies inside the input folder {source}; "
                           "write it outside the input (inputs are never modified)")
+
+
+def _prepare_adaptation(input_path, save_model, overwrite: bool, options: dict) -> None:
+    """Check where the adapted model goes; a DICOM folder's slice profile from its headers."""
+    from .adapt import check_model_output
+    from .slice_profile import dicom_slice_profile
+
+    if save_model is not None:
+        check_model_output(save_model, overwrite)
+    if options.get("slice_thickness") is None and Path(input_path).is_dir():
+        profile = dicom_slice_profile(input_path)
+        options["slice_thickness"] = profile.thickness
+        options["adapt_options"] = dict(options.get("adapt_options") or {}, thickness_source=profile.source)
 
 
 def _numpy_dtype(image):

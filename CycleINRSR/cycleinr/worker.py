@@ -5,6 +5,7 @@
 The caller reads stdout line by line; every line starts with a keyword:
 
     PROGRESS 0.42            fraction of the work done (0..1), at most every 0.2 s and at the end
+    STATUS <text>            what is being done now (e.g. the adaptation phase and its outcome)
     WARNING <text>           something the user should know (e.g. scale outside the trained range)
     RESULT {json}            written once on success: scale, slice_axis, spacing, device, model
     ERROR <Kind>: <text>     one line, the reason for a non-zero exit
@@ -42,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, help="CPU threads for torch")
     parser.add_argument("--keep-acquired", action=argparse.BooleanOptionalAction, default=True,
                         help="copy output slices that lie on input slices unchanged (default)")
+    parser.add_argument("--adapt", type=float, metavar="MINUTES",
+                        help="adapt the model to this scan for MINUTES first (cycleinr.adapt)")
+    parser.add_argument("--slice-thickness", type=float, metavar="MM",
+                        help="with --adapt: slice thickness (default: unknown, see cycleinr.slice_profile)")
+    parser.add_argument("--save-model", metavar="FILE", help="with --adapt: keep the weights used here")
     parser.add_argument("--overwrite", action="store_true")
     return parser
 
@@ -92,6 +98,9 @@ def run(args, stream=sys.stdout, stop: threading.Event | None = None) -> int:
     options = dict(scale=args.scale, target_spacing=args.spacing, slice_axis=args.axis,
                    model=args.model, device=args.device, overwrite=args.overwrite,
                    tile_size=[args.tile_size] if args.tile_size else None, keep_acquired=args.keep_acquired)
+    if args.adapt:
+        options.update(adapt_minutes=args.adapt, slice_thickness=args.slice_thickness,
+                       save_model=args.save_model, log=lambda line: emit(stream, f"STATUS {line}"))
     progress = ProgressPrinter(stream)
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -118,7 +127,8 @@ def run(args, stream=sys.stdout, stop: threading.Event | None = None) -> int:
     progress(1.0)
     emit(stream, "RESULT " + json.dumps({
         "scale": result.scale, "slice_axis": "KJI"[result.slice_axis], "spacing": list(result.spacing),
-        "device": result.device, "model": result.model_name, "warnings": result.warnings}))
+        "device": result.device, "model": result.model_name, "warnings": result.warnings,
+        "adapted": None if result.adaptation is None else result.adaptation.adapted}))
     return EXIT_OK
 
 

@@ -23,6 +23,10 @@ def parseArguments(argv):
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--axis", choices=["I", "J", "K"], help="slice axis (default: coarsest spacing)")
     parser.add_argument("--tile-size", type=int, help="tile core size in voxels")
+    parser.add_argument("--adapt", type=float, metavar="MINUTES",
+                        help="adapt the model to this scan for MINUTES first (kept only if it helps)")
+    parser.add_argument("--slice-thickness", type=float, metavar="MM",
+                        help="with --adapt: slice thickness (default: unknown, see cycleinr.slice_profile)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     return parser.parse_args(argv)
 
@@ -46,7 +50,9 @@ def run(argv):
 
     outputNode = logic.superResolve(inputNode, scale=args.scale, targetSpacing=args.spacing,
                                     device=args.device, model=args.model, sliceAxis=args.axis,
-                                    tileSize=args.tile_size, progress=progress, showResult=False)
+                                    tileSize=args.tile_size, progress=progress, showResult=False,
+                                    adaptMinutes=args.adapt, sliceThickness=args.slice_thickness,
+                                    status=lambda message: print(message, flush=True))
     if not slicer.util.saveNode(outputNode, args.output):
         raise RuntimeError(f"cannot write {args.output}")
     print(f"{args.output}: {' x '.join(str(n) for n in outputNode.GetImageData().GetDimensions())} voxels, "

@@ -26,10 +26,18 @@ def add_arguments(parser) -> None:
     parser.add_argument("--methods", nargs="+", default=["trilinear", "cubic", "cycleinr"], metavar="M",
                         help="trilinear, cubic (B-spline), nearest, cycleinr (bundled model), "
                              "cycleinr=MODEL.safetensors; cycleinr-regenerate[=MODEL] (acquired slices "
-                             "regenerated too), cycleinr-skip[=MODEL] (with --skip-below)")
+                             "regenerated too), cycleinr-skip[=MODEL] (with --skip-below), "
+                             "cycleinr-adapt=MINUTES[:MODEL] (adapt to each input first, as --adapt)")
     parser.add_argument("--skip-below", type=finite_float, default=-900.0, metavar="VALUE",
                         help="for cycleinr-skip: voxels whose LR neighbours are all below VALUE (input "
                              "units) are interpolated, not run through the network (default -900: CT air)")
+    parser.add_argument("--slice-thickness", type=float, metavar="MM",
+                        help="for cycleinr-adapt: the thick slices' thickness for the slice profile "
+                             "(default: unknown, as super-resolve --adapt takes it for NIfTI/NRRD)")
+    parser.add_argument("--adapt-clock", default="wall", choices=["wall", "cpu"],
+                        help="for cycleinr-adapt: count the minutes in wall time (as --adapt does) or in this "
+                             "process's CPU time (steady figures on a busy shared machine; with "
+                             "OMP_NUM_THREADS=1, minutes of one core)")
     parser.add_argument("--modality", default="auto", choices=["auto", "ct", "mr"],
                         help="CT: window [-1024, 3071] HU; MR: [min, 99.9th percentile] of the reference "
                              "(auto: CT when the darkest voxels are air in HU)")
@@ -102,7 +110,10 @@ def run(args) -> int:
     inputs = _inputs(args.data)
     for path in inputs:
         check_readable(path)  # a damaged volume among several is refused before any work
-    methods = dict(protocol.method_from_spec(spec, args.device, args.skip_below) for spec in args.methods)
+    methods = dict(protocol.method_from_spec(spec, args.device, args.skip_below, args.slice_thickness,
+                                             log=lambda line: print(line, file=sys.stderr, flush=True),
+                                             adapt_options={"clock": args.adapt_clock})
+                   for spec in args.methods)
     for scale in args.scales:
         protocol.exact_ratio(scale)  # fail before any work on a scale without ground truth
     out = Path(args.out)

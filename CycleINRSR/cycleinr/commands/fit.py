@@ -1,5 +1,8 @@
 """cycleinr fit INPUT OUTPUT --scale R: fine-tune a model on the input's own in-plane data, then
-super-resolve the input with it. Nothing is written unless the whole job succeeds."""
+super-resolve the input with it. Nothing is written unless the whole job succeeds.
+
+``cycleinr super-resolve IN OUT --scale R --adapt [MINUTES]`` does this with the scan's own slice
+profile and a held-back check that keeps the base model when adapting does not help."""
 from __future__ import annotations
 
 import sys

@@ -11,6 +11,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from ..adapt import DEFAULT_MINUTES
 from . import add_scale_arguments, finite_float, positive_int
 
 
@@ -37,6 +38,17 @@ def add_arguments(parser) -> None:
                         help="run the network through torch.compile (off by default: measured not to pay "
                              "on CPU; the first volume pays the compilation); if it fails, a warning says so "
                              "and the work goes on uncompiled")
+    parser.add_argument("--adapt", type=float, nargs="?", const=DEFAULT_MINUTES, metavar="MINUTES",
+                        help="first adapt the model to this scan for MINUTES (default "
+                             f"{DEFAULT_MINUTES:g}): its own in-plane data, degraded with its slice profile; the "
+                             "base model is kept if that does not help on held-back data, and the output "
+                             "line says which was used")
+    parser.add_argument("--slice-thickness", type=float, metavar="MM",
+                        help="with --adapt: the scan's slice thickness (DICOM: read from SliceThickness; "
+                             "NIfTI/NRRD: give it; unknown, pairs are made for thin and for contiguous slices)")
+    parser.add_argument("--save-model", metavar="FILE",
+                        help="with --adapt: keep the weights used in FILE (.safetensors); without it "
+                             "nothing is kept")
     parser.add_argument("--format", default=".nii.gz", choices=[".nii.gz", ".nii", ".nrrd", ".mha"],
                         help="output format in batch mode")
     parser.add_argument("--output-format", default="volume", choices=["volume", "dicom"],
@@ -69,6 +81,7 @@ def run(args) -> int:
                    tile_size=args.tile_size, halo=args.halo, skip_below=args.skip_below,
                    keep_acquired=args.keep_acquired, compile_model=args.compile,
                    output_format=args.output_format)
+    options.update(_adapt_options(args, source))
     show = not args.no_progress and sys.stderr.isatty()
     if not source.is_dir() or _is_dicom_folder(source):
         with warnings.catch_warnings(record=True) as caught:
@@ -79,6 +92,8 @@ def run(args) -> int:
             finally:  # shown on failure too: a reader's warning may say why
                 for warning in caught:
                     print(f"warning: {warning.message}", file=sys.stderr)
+        if result.adaptation is not None:
+            print(f"{target}: {result.adaptation.message()}")
         print(f"{target}: scale {result.scale:g} along axis {'KJI'[result.slice_axis]}, "
               f"model {result.model_name} on {result.device}")
         return 0
@@ -99,8 +114,9 @@ def run(args) -> int:
     for item, destination in zip(items, destinations):
         try:
             with progress_bar(item.name, enabled=show) as bar:
-                super_resolve_file(item, destination, progress=bar, **options)
-            print(f"{destination}: done")
+                result = super_resolve_file(item, destination, progress=bar, **options)
+            adapted = f" ({result.adaptation.message()})" if result.adaptation is not None else ""
+            print(f"{destination}: done{adapted}")
         except Exception as error:  # one bad file must not stop an archive run
             failures += 1
             print(f"cycleinr: {item.name}: {error}", file=sys.stderr)
@@ -108,6 +124,22 @@ def run(args) -> int:
         print(f"cycleinr: error: {failures} of {len(items)} volumes failed (rank {rank})", file=sys.stderr)
         return 2
     return 0
+
+
+def _adapt_options(args, source: Path) -> dict:
+    """--adapt / --slice-thickness / --save-model as super_resolve_file options (checked here)."""
+    from ..errors import InputError
+
+    if args.adapt is None:
+        if args.save_model or args.slice_thickness is not None:
+            raise InputError("--save-model and --slice-thickness go with --adapt MINUTES")
+        return {}
+    if not args.adapt > 0:
+        raise InputError(f"--adapt takes a positive number of minutes, got {args.adapt:g}")
+    if args.save_model and source.is_dir() and not _is_dicom_folder(source):
+        raise InputError("--save-model keeps one adapted model: give one input, not a folder")
+    return dict(adapt_minutes=args.adapt, slice_thickness=args.slice_thickness, save_model=args.save_model,
+                log=lambda line: print(line, file=sys.stderr, flush=True))
 
 
 def _is_dicom_folder(folder: Path) -> bool:

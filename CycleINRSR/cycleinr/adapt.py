@@ -1,0 +1,302 @@
+"""Adapt to this scan: a short self-supervised refinement of the model on the volume itself.
+
+A thick-slice scan is sharp in-plane. Blurring and sampling one in-plane axis with the scan's own
+slice profile (``slice_profile``: its thickness and spacing, overlap and gaps included) at the
+factor about to be applied gives LR/HR pairs from the very scan to be super-resolved: same
+scanner, kernel, noise and anatomy (the SMORE/ECLARE idea). ``adapt_model`` fine-tunes a copy of
+the model on such pairs for a fixed time, with the loss the bundled model was last trained with
+(L1 + slice detail; the cycle term is left out: it makes each step 2.5 times dearer, and in a few
+minutes steps count most), and then decides which model to use:
+
+- a central band of the volume along its widest in-plane axis is held back; its pairs are never
+  trained on and serve as validation (fixed patches, the same for every model scored);
+- the copy is scored on them at the start (the base model) and at a few points during training,
+  and the best state is kept; if no state beats the base model by ``min_gain_db`` the base model
+  is used, unchanged. The ``Adaptation`` record says which, with both scores.
+
+Scores are the PSNR of the new slices only (those lying on an acquired slice are copied from the
+input by default, so they are not scored). The given model is never modified.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .errors import Cancelled, InputError
+from .geometry import choose_slice_axis
+from .normalise import intensity_map
+from .pairs import Batch, TrainingVolume, _pad_to
+from .slice_profile import SliceProfile, degrade_with_profile, profile_for
+
+# torch is imported where it is used: the CLI reads DEFAULT_MINUTES while building its parser
+
+DEFAULT_MINUTES = 3.0
+
+
+@dataclass
+class Adaptation:
+    """What adaptation did and which model came out of it."""
+
+    model: "LoadedModel"         # the model to use: the adapted copy or the base model itself
+    adapted: bool                # True: the adapted copy beat the base model on the held-back pairs
+    base_psnr: float             # dB on the held-back pairs (normalised intensities)
+    adapted_psnr: float          # best adapted state on the same pairs
+    steps: int
+    seconds: float
+    profile: SliceProfile
+    base_name: str
+
+    @property
+    def gain_db(self) -> float:
+        return self.adapted_psnr - self.base_psnr
+
+    def message(self) -> str:
+        head = (f"adapted to this scan: {self.steps} steps in {self.seconds:.0f} s, slice profile "
+                f"{self.profile.describe()}; held-back pairs PSNR {self.base_psnr:.2f} dB (base) -> "
+                f"{self.adapted_psnr:.2f} dB ({self.gain_db:+.2f})")
+        if self.adapted:
+            return f"{head}: the adapted model was used"
+        return f"{head}: no improvement, the base model {self.base_name} was used"
+
+
+class ProfilePairs:
+    """Patches from fine in-plane axes, LR made with the scan's slice profile at one factor.
+
+    Like ``pairs.PairSampler`` (random axis, position, flips and transposes; the patch is turned
+    so the fine axis is the network's slice axis), but the factor is fixed and the fine data
+    around each patch is cut ``margin`` samples wider so that every LR slice's box is whole.
+    """
+
+    def __init__(self, volumes: list[TrainingVolume], scale: float, widths: Sequence[float], lr_slices: int,
+                 patch: int, batch_size: int, seed: int) -> None:
+        self.volumes = [v for v in volumes if v.fine_axes]
+        if not self.volumes:
+            raise InputError("the volume is too small to cut adaptation patches from")
+        self.scale, self.widths = float(scale), tuple(float(w) for w in widths)
+        self.lr_slices, self.patch, self.batch_size = lr_slices, patch, batch_size
+        self.margin = int(math.ceil(max(max(self.widths), 1.0) / 2.0))
+        self.hr_slices = int(math.floor((lr_slices - 1) * scale + 1e-6)) + 1
+        self.span = int(math.ceil((lr_slices - 1) * scale - 1e-6)) + 1 + 2 * self.margin
+        self.rng = np.random.default_rng(seed)
+        sizes = np.array([v.array.size for v in self.volumes], dtype=float)
+        self.weights = sizes / sizes.sum()
+
+    def sample(self) -> Batch:
+        rng = self.rng
+        extent = (self.span, self.patch, self.patch)
+        width = self.widths[int(rng.integers(len(self.widths)))]  # one profile per batch
+        lr_list, hr_list = [], []
+        for _ in range(self.batch_size):
+            volume = self.volumes[int(rng.choice(len(self.volumes), p=self.weights))]
+            moved = np.moveaxis(volume.array, int(rng.choice(volume.fine_axes)), 0)
+            starts = [int(rng.integers(0, max(1, size - want + 1))) for size, want in zip(moved.shape, extent)]
+            flips = rng.random(4) < 0.5
+            block = moved[starts[0]:starts[0] + extent[0], starts[1]:starts[1] + extent[1],
+                          starts[2]:starts[2] + extent[2]]
+            block = _pad_to(volume.intensities.forward(block), extent)
+            if flips[0]:
+                block = block[:, ::-1]
+            if flips[1]:
+                block = block[:, :, ::-1]
+            if flips[2]:
+                block = block.transpose(0, 2, 1)
+            if flips[3]:
+                block = block[::-1]
+            block = np.ascontiguousarray(block)
+            lr_list.append(degrade_with_profile(block, self.scale, width, first=self.margin,
+                                                slices=self.lr_slices))
+            hr_list.append(block[self.margin:self.margin + self.hr_slices])
+        positions = np.arange(self.hr_slices) / self.scale
+        return Batch(np.stack(lr_list)[:, None].astype(np.float32),
+                     np.stack(hr_list)[:, None].astype(np.float32), self.scale, positions)
+
+
+def split_for_validation(volume: np.ndarray, slice_axis: int, fraction: float, minimum: int):
+    """(training parts, held-back band): a central band along the widest in-plane axis is held
+    back (the centre holds the anatomy; the edges of a CT are often air), the two sides train."""
+    in_plane = [a for a in range(3) if a != slice_axis]
+    axis = max(in_plane, key=lambda a: volume.shape[a])
+    size = volume.shape[axis]
+    band = min(max(int(round(fraction * size)), minimum), size // 2)
+    start = (size - band) // 2
+    take = lambda low, high: volume[(slice(None),) * axis + (slice(low, high),)]  # noqa: E731
+    return [take(0, start), take(start + band, size)], take(start, start + band), axis
+
+
+def _usable_axes(shape, in_plane, span: int) -> tuple[int, ...]:
+    """In-plane axes long enough to hold a patch's fine extent without padding."""
+    return tuple(a for a in in_plane if shape[a] >= span)
+
+
+def _new_slice_mask(hr_slices: int, scale: float) -> np.ndarray:
+    """HR positions that are not acquired slices (those are copied from the input by default)."""
+    positions = np.arange(hr_slices) / scale
+    return np.abs(positions - np.round(positions)) > 1e-6
+
+
+def validation_psnr(network, batches: list[Batch], device, keep: np.ndarray) -> float:
+    """PSNR (peak 1: normalised intensities) over the new slices of fixed held-back batches."""
+    import torch
+
+    network.eval()
+    errors = []
+    for batch in batches:
+        lr = torch.from_numpy(batch.lr).to(device)
+        positions = torch.from_numpy(batch.hr_positions).float().to(device)
+        with torch.no_grad():
+            out = network(lr, positions, 1.0 / batch.scale).float().cpu().numpy()
+        difference = (out - batch.hr)[:, :, keep]
+        errors.append(np.mean(difference.astype(np.float64) ** 2))
+    mse = max(float(np.mean(errors)), 1e-12)
+    return 10.0 * math.log10(1.0 / mse)
+
+
+def adapt_model(volume: np.ndarray, spacing: Sequence[float], scale: float, model=None,
+                minutes: float = DEFAULT_MINUTES, slice_axis: int | None = None,
+                slice_thickness: float | None = None, thickness_source: str | None = None,
+                lr: float = 3e-4, cycle_weight: float = 0.0, detail_weight: float = 3.0,
+                batch_size: int = 4, lr_slices: int = 6, patch: int = 24, checks: int = 4,
+                validation_fraction: float = 0.2, validation_patches: int = 24, min_gain_db: float = 0.01,
+                max_steps: int | None = None, seed: int = 0, device: str = "auto", clock: str = "wall",
+                progress: Callable[[float], None] | None = None, cancel=None,
+                log: Callable[[str], None] | None = None) -> Adaptation:
+    """Fine-tune a copy of ``model`` on ``volume``'s own in-plane pairs for ``minutes``, keep it
+    only if it beats the base model on held-back pairs (see the module docstring).
+
+    ``volume`` and ``spacing`` are in array order as for ``super_resolve``; ``scale`` is the factor
+    about to be applied; ``slice_thickness`` (mm; None: unknown, see slice_profile.profile_for) sets the
+    profile. ``max_steps`` stops sooner (tests). ``progress(fraction)`` reports the share of the
+    time used; ``cancel`` (callable or Event) raises ``Cancelled`` within one step. ``clock``
+    "wall" (default) counts wall time; "cpu" counts this process's CPU time, so that a
+    measurement on a busy shared machine gets the steps the same minutes give on an idle one.
+    """
+    import torch
+
+    from .api import pick_model
+    from .devices import resolve_device
+    from .train import backward_on_batch
+    from .weights import LoadedModel
+
+    if volume.ndim != 3:
+        raise InputError(f"adaptation needs a 3D volume, got shape {volume.shape}")
+    if not (minutes > 0 and math.isfinite(minutes)):
+        raise InputError(f"adaptation time must be a positive number of minutes, got {minutes}")
+    if scale <= 1:
+        raise InputError(f"adaptation needs a scale > 1, got {scale}")
+    if clock not in ("wall", "cpu"):
+        raise InputError(f"clock must be 'wall' or 'cpu', got {clock!r}")
+    now = time.monotonic if clock == "wall" else time.process_time
+    torch_device = resolve_device(device)
+    should_stop = (cancel.is_set if hasattr(cancel, "is_set") else cancel) or (lambda: False)
+    base = pick_model(model, torch_device)
+    axis = choose_slice_axis(spacing, slice_axis)
+    in_plane = tuple(a for a in range(3) if a != axis)
+    profile = profile_for(spacing[axis], slice_thickness, thickness_source)
+    widths = profile.widths(scale)
+    intensities = intensity_map(volume, base.info.normalisation)
+    probe = ProfilePairs([TrainingVolume("probe", volume, tuple(spacing), in_plane, intensities)],
+                         scale, widths, lr_slices, patch, batch_size, seed)
+    train_parts, band, band_axis = split_for_validation(volume, axis, validation_fraction, patch)
+    parts = []
+    for index, part in enumerate(train_parts):
+        axes = _usable_axes(part.shape, in_plane, probe.span)
+        if axes and part.shape[band_axis] > 0:
+            parts.append(TrainingVolume(f"train{index}", part, tuple(spacing), axes, intensities))
+    band_axes = _usable_axes(band.shape, in_plane, probe.span)
+    if not parts or not band_axes:
+        raise InputError(f"the volume {volume.shape} is too small to adapt on at x{scale:g}: its in-plane "
+                         f"axes need at least {2 * probe.span + patch} voxels")
+    held_back = ProfilePairs([TrainingVolume("held back", band, tuple(spacing), band_axes, intensities)],
+                             scale, widths, lr_slices, patch, batch_size, seed + 1)
+    batches = [held_back.sample() for _ in range(max(1, validation_patches // batch_size))]
+    keep = _new_slice_mask(held_back.hr_slices, scale)
+    sampler = ProfilePairs(parts, scale, widths, lr_slices, patch, batch_size, seed)
+
+    network = copy.deepcopy(base.network).to(torch_device)
+    base_psnr = validation_psnr(network, batches, torch_device, keep)
+    best_psnr, best_state = -math.inf, None
+    if log is not None:
+        log(f"adapting {base.name} to this scan for {minutes:g} min at x{scale:g}, slice profile "
+            f"{profile.describe()}; base model {base_psnr:.2f} dB on held-back pairs")
+    torch.manual_seed(seed)
+    optimiser = torch.optim.Adam(network.parameters(), lr=lr)
+    use_amp = torch_device.type == "cuda"
+    seconds = minutes * 60.0
+    start, step, next_check = now(), 0, 1
+    while True:
+        elapsed = now() - start
+        done = max(elapsed / seconds, step / max_steps if max_steps else 0.0)
+        if step > 0 and done >= next_check / checks or (step > 0 and done >= 1.0):
+            score = validation_psnr(network, batches, torch_device, keep)
+            if score > best_psnr:
+                best_psnr, best_state = score, {k: v.detach().clone() for k, v in network.state_dict().items()}
+            next_check = min(checks, int(done * checks) + 1)
+            if done >= 1.0:
+                break
+        if should_stop():
+            raise Cancelled(f"adaptation cancelled at step {step}")
+        network.train()
+        optimiser.zero_grad(set_to_none=True)
+        backward_on_batch(network, sampler.sample(), cycle_weight, torch_device, use_amp, detail_weight)
+        optimiser.step()
+        step += 1
+        if progress is not None:
+            progress(min(1.0, done))
+    seconds_used = now() - start
+    adapted = best_state is not None and best_psnr >= base_psnr + min_gain_db
+    if adapted:
+        network.load_state_dict(best_state)
+        network.eval()
+        info = copy.deepcopy(base.info)
+        info.name = f"{base.info.name}-adapted"
+        info.provenance = {"adapted_from": {"name": base.info.name, "provenance": base.info.provenance},
+                           "adaptation": {"steps": step, "seconds": round(seconds_used, 1), "scale": float(scale),
+                                          "slice_thickness_mm": profile.thickness,  # None: unknown
+                                          "slice_spacing_mm": profile.spacing, "lr": lr,
+                                          "cycle_weight": cycle_weight, "detail_weight": detail_weight,
+                                          "held_back_psnr_base": round(base_psnr, 4),
+                                          "held_back_psnr_adapted": round(best_psnr, 4)}}
+        chosen = LoadedModel(network, info, None)
+    else:
+        chosen = base
+    result = Adaptation(chosen, adapted, base_psnr, best_psnr, step, seconds_used, profile, base.name)
+    if log is not None:
+        log(result.message())
+    return result
+
+
+def check_model_output(path, overwrite: bool = False) -> None:
+    """Fail before any work if the adapted weights could not be written where asked."""
+    from pathlib import Path
+
+    from .errors import ModelError, OutputError
+
+    path = Path(path)
+    if not path.name.endswith(".safetensors"):
+        raise ModelError(f"the model to save must be a .safetensors file, got {path.name}")
+    if path.exists() and not overwrite:
+        raise OutputError(f"output exists: {path} (use --overwrite to replace it)")
+    if not path.parent.is_dir():
+        raise OutputError(f"folder does not exist: {path.parent}")
+
+
+# rough output voxels per second of the bundled model, only to split one progress bar between
+# the adaptation phase (its length is known) and super-resolution (estimated from the output size)
+_VOXELS_PER_SECOND = {"cpu": 3e5, "cuda": 2e7}
+
+
+def phase_progress(progress, minutes: float, output_voxels: int, device):
+    """(adaptation callback, super-resolution callback) mapping each phase's own 0..1 onto one
+    bar, the adaptation taking its share of the expected total time; (None, None) without a bar."""
+    if progress is None:
+        return None, None
+    adapt_seconds = minutes * 60.0
+    infer_seconds = output_voxels / _VOXELS_PER_SECOND.get(device.type, 3e5)
+    share = adapt_seconds / (adapt_seconds + infer_seconds)
+    return (lambda fraction: progress(share * fraction),
+            lambda fraction: progress(share + (1.0 - share) * fraction))

@@ -1,0 +1,236 @@
+"""Adapt to this scan: the slice profile, the keep-base rule, and the switch in every front end."""
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from conftest import ENGINE_DIR, HEAD_CT, REPO, SAMPLE_CT, SHARED_DATA
+
+from cycleinr.adapt import adapt_model
+from cycleinr.api import super_resolve
+from cycleinr.cli import main
+from cycleinr.errors import Cancelled, InputError
+from cycleinr.slice_profile import (SliceProfile, box_weights, degrade_with_profile, dicom_slice_profile,
+                                    profile_for)
+from cycleinr.weights import load_model, save_model
+
+FAST = dict(batch_size=1, lr_slices=3, patch=16, validation_patches=2, checks=1)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def thick_ct():
+    """The real thick-slice chest CT crop (2.5 mm slices, 0.98 mm in-plane), [k, j, i], cut small."""
+    image = sitk.ReadImage(str(SAMPLE_CT))
+    return sitk.GetArrayFromImage(image)[:12, 80:176, 80:176].copy(), tuple(reversed(image.GetSpacing()))
+
+
+@pytest.fixture
+def tiny_weights(tmp_path, tiny_model):
+    return str(save_model(tmp_path / "tiny.safetensors", tiny_model.network, tiny_model.info))
+
+
+# the slice profile -------------------------------------------------------------------------------
+
+def test_overlapping_slices_are_wide_boxes_with_partial_ends():
+    profile = SliceProfile(5.0, 2.5)  # the TCGA scan: 5 mm thick every 2.5 mm
+    assert profile.width(2.0) == 4.0 and "overlapping" in profile.describe()
+    first, weights = box_weights(2.0, 4.0, 10)  # [0, 4]: half of samples 0 and 4, all of 1-3
+    assert first == 0 and np.allclose(weights, [0.125, 0.25, 0.25, 0.25, 0.125])
+    first, weights = box_weights(0.0, 4.0, 10)  # cut at the start: [-0.5, 2], renormalised
+    assert first == 0 and np.allclose(weights, np.array([1.0, 1.0, 0.5]) / 2.5)
+    fine = (np.arange(9, dtype=np.float32) ** 2).reshape(9, 1, 1)
+    lr = degrade_with_profile(fine, 2.0, profile.width(2.0))[:, 0, 0]
+    assert lr.shape == (5,) and lr[1] == pytest.approx(0.25 * (1 + 4 + 9) + 0.125 * 16)  # 5.5, not 4
+
+
+def test_gapped_slices_sample_thin_boxes():
+    profile = SliceProfile(1.25, 2.5)  # 1.25 mm slices every 2.5 mm: gaps between them
+    assert profile.width(2.0) == 1.0 and "gaps" in profile.describe()
+    fine = (np.arange(9, dtype=np.float32) ** 2).reshape(9, 1, 1)
+    assert np.array_equal(degrade_with_profile(fine, 2.0, profile.width(2.0))[:, 0, 0], fine[::2, 0, 0])
+    wider = SliceProfile(2.5, 5.0).width(4.0)  # half as thick as the spacing, x4: 2 samples wide
+    assert degrade_with_profile(fine, 4.0, wider)[1, 0, 0] == pytest.approx(0.25 * 9 + 0.5 * 16 + 0.25 * 25)
+    # between two fine samples a one-sample box blends them linearly
+    assert degrade_with_profile(fine, 2.5, 1.0)[1, 0, 0] == pytest.approx(0.5 * 4 + 0.5 * 9)
+    unknown = profile_for(2.5)  # a NIfTI without --slice-thickness: not guessed, both ends
+    assert unknown.thickness is None and unknown.widths(5.0) == (1.0, 5.0) and "unknown" in unknown.describe()
+    assert profile_for(2.5, 5.0).widths(2.0) == (4.0,)
+    with pytest.raises(InputError):
+        SliceProfile(0.0, 2.5)
+
+
+def test_thickness_and_spacing_come_from_the_dicom_headers(tmp_path):
+    source = SHARED_DATA / "tcga_thca_ct_dicom_subset"
+    if not source.is_dir():
+        pytest.skip(f"DICOM subset not found at {source}")
+    folder = tmp_path / "series"
+    shutil.copytree(source, folder)
+    profile = dicom_slice_profile(folder)
+    assert profile.thickness == pytest.approx(5.0) and profile.spacing == pytest.approx(2.5, abs=1e-3)
+    assert "DICOM" in profile.source and "overlapping" in profile.describe()
+
+
+# the keep-base rule ------------------------------------------------------------------------------
+
+def test_harmful_adaptation_falls_back_to_the_base_model_and_says_so(thick_ct):
+    volume, spacing = thick_ct
+    base = load_model(None, "cpu")  # the bundled model: a good base that a huge step can only spoil
+    before = {k: v.clone() for k, v in base.network.state_dict().items()}
+    result = adapt_model(volume, spacing, 2.0, base, minutes=5, max_steps=2, lr=5.0, device="cpu", **FAST)
+    assert not result.adapted and result.model is base
+    assert result.adapted_psnr < result.base_psnr
+    assert "no improvement, the base model cycleinr_ct_cpu was used" in result.message()
+    assert all(torch.equal(before[k], v) for k, v in base.network.state_dict().items())
+    out = super_resolve(volume, spacing, scale=2.0, model=base, device="cpu", adapt_minutes=5,
+                        adapt_options=dict(max_steps=2, lr=5.0, **FAST))
+    assert out.model_name == "cycleinr_ct_cpu" and not out.adaptation.adapted
+    assert any("the base model cycleinr_ct_cpu was used" in note for note in out.warnings)
+
+
+def test_an_accepted_adaptation_is_a_changed_copy(thick_ct, tiny_model):
+    volume, spacing = thick_ct
+    before = {k: v.clone() for k, v in tiny_model.network.state_dict().items()}
+    result = adapt_model(volume, spacing, 2.5, tiny_model, minutes=5, max_steps=2, lr=1e-3,
+                         min_gain_db=-np.inf, slice_thickness=5.0, device="cpu", **FAST)
+    assert result.adapted and result.model is not tiny_model and result.steps == 2
+    assert result.model.name == "tiny-untrained-test-adapted"
+    assert any(not torch.equal(before[k], v) for k, v in result.model.network.state_dict().items())
+    assert all(torch.equal(before[k], v) for k, v in tiny_model.network.state_dict().items())
+    record = result.model.info.provenance["adaptation"]
+    assert record["slice_thickness_mm"] == 5.0 and record["slice_spacing_mm"] == 2.5
+    assert "adapted model was used" in result.message()
+
+
+def test_cancel_during_adaptation_stops_it(thick_ct, tiny_model):
+    volume, spacing = thick_ct
+    stop = threading.Event()
+    seen = []
+
+    def progress(fraction):  # the first adaptation step reports, then the user cancels
+        seen.append(fraction)
+        stop.set()
+
+    with pytest.raises(Cancelled, match="adaptation cancelled at step 1"):
+        super_resolve(volume, spacing, scale=2.0, model=tiny_model, device="cpu", adapt_minutes=5,
+                      progress=progress, cancel=stop, adapt_options=FAST)
+    assert len(seen) == 1 and seen[0] < 0.5  # still in the adaptation share of the bar
+
+
+def test_too_small_a_volume_is_refused_before_training(tiny_model):
+    with pytest.raises(InputError, match="too small to adapt"):
+        adapt_model(np.zeros((6, 20, 20), np.int16), (5.0, 1.0, 1.0), 4.0, tiny_model, minutes=1, device="cpu")
+
+
+# the switch in the front ends --------------------------------------------------------------------
+
+ADAPT_FAST = ["--adapt", "0.01"]  # 0.6 s of adaptation: a step or two of the tiny model
+
+
+def test_cli_adapt_switch_end_to_end_keeps_nothing_unless_asked(tmp_path, tiny_weights, capsys):
+    output = tmp_path / "out.nii.gz"
+    code = main(["super-resolve", str(HEAD_CT), str(output), "--scale", "2", "--model", tiny_weights,
+                 "--device", "cpu", *ADAPT_FAST])
+    assert code == 0 and output.exists()
+    printed = capsys.readouterr()
+    assert "adapted to this scan" in printed.out and "was used" in printed.out
+    assert "adapting tiny-untrained-test to this scan" in printed.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.nii.gz", "tiny.json", "tiny.safetensors"]
+    kept = tmp_path / "kept.safetensors"
+    code = main(["super-resolve", str(HEAD_CT), str(tmp_path / "out2.nii.gz"), "--scale", "2", "--model",
+                 tiny_weights, "--device", "cpu", "--slice-thickness", "3", "--save-model", str(kept), *ADAPT_FAST])
+    assert code == 0
+    loaded = load_model(kept, "cpu")  # a loadable safetensors model: the one that was used
+    used = "adapted" if "adapted model was used" in capsys.readouterr().out else "base"
+    assert loaded.name == ("tiny-untrained-test-adapted" if used == "adapted" else "tiny-untrained-test")
+
+
+def test_cli_adapt_options_are_checked_before_work(tmp_path, tiny_weights, capsys):
+    import argparse
+
+    from cycleinr.adapt import DEFAULT_MINUTES
+    from cycleinr.commands import super_resolve as command
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    assert parser.parse_args(["a", "b", "--scale", "5", "--adapt"]).adapt == DEFAULT_MINUTES
+    assert parser.parse_args(["a", "b", "--scale", "5"]).adapt is None
+    output = tmp_path / "out.nii.gz"
+    assert main(["super-resolve", str(HEAD_CT), str(output), "--scale", "2", "--save-model",
+                 str(tmp_path / "m.safetensors")]) == 2
+    assert "--save-model and --slice-thickness go with --adapt" in capsys.readouterr().err
+    assert main(["super-resolve", str(HEAD_CT), str(output), "--scale", "2", "--adapt", "1", "--model",
+                 tiny_weights, "--save-model", str(tmp_path / "m.pt")]) == 2
+    assert ".safetensors" in capsys.readouterr().err
+    assert main(["super-resolve", str(HEAD_CT), str(output), "--scale", "2", "--adapt", "0"]) == 2
+    assert not output.exists()
+
+
+def test_worker_reports_the_adaptation_phase_and_cancels_in_it(tmp_path, tiny_weights):
+    from cycleinr.worker import EXIT_CANCELLED, EXIT_OK, build_parser, run
+    args = build_parser().parse_args(["--input", str(HEAD_CT), "--output", str(tmp_path / "out.nrrd"),
+                                      "--scale", "2", "--model", tiny_weights, "--threads", "1", *ADAPT_FAST])
+    stream = io.StringIO()
+    assert run(args, stream) == EXIT_OK
+    lines = stream.getvalue().splitlines()
+    status = [line for line in lines if line.startswith("STATUS ")]
+    assert status[0].startswith("STATUS adapting tiny-untrained-test") and "was used" in status[-1]
+    assert '"adapted": ' in lines[-1] and "adapted to this scan" in lines[-1]
+    stop = threading.Event()
+    stop.set()
+    args.output, stream = str(tmp_path / "cancelled.nrrd"), io.StringIO()
+    assert run(args, stream, stop) == EXIT_CANCELLED
+    assert stream.getvalue().splitlines()[-1] == "ERROR Cancelled: adaptation cancelled at step 0"
+    assert not (tmp_path / "cancelled.nrrd").exists()
+
+
+def test_slicer_logic_passes_adapt_minutes_to_the_worker(tmp_path, tiny_weights, monkeypatch):
+    """The Logic (real module code, on the test stand-in for Slicer) runs the worker with --adapt
+    and reports its phase through ``status``."""
+    standin = REPO / "Testing" / "slicer_standin"
+    for path in (str(standin), str(ENGINE_DIR)):
+        if path not in sys.path:
+            sys.path.insert(0, path)
+    slicer = pytest.importorskip("slicer")
+    import CycleINRSR
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    slicer.mrmlScene.Clear(True)
+    head = slicer.util.loadVolume(str(HEAD_CT))
+    logic = CycleINRSR.CycleINRSRLogic()
+    messages = []
+    job = logic.superResolve(head, scale=2.0, model=tiny_weights, adaptMinutes=0.01, sliceThickness=3.0,
+                             status=messages.append, waitForCompletion=False)
+    command = job.command()
+    assert command[command.index("--adapt") + 1] == "0.01"
+    assert command[command.index("--slice-thickness") + 1] == "3.0"
+    job.wait()
+    assert job.state == "done", job.error
+    assert messages[0].startswith("adapting tiny-untrained-test") and "3 mm thick every 1.5 mm" in messages[0]
+    assert "was used" in messages[-1] and any("adapted to this scan" in w for w in job.result["warnings"])
+    plain = CycleINRSR.SuperResolveJob(logic, head, None, job.grid, dict(device="cpu", model=tiny_weights))
+    plain.inputPath, plain.outputPath = "in.nrrd", "out.nrrd"
+    assert "--adapt" not in plain.command()
+
+
+@pytest.mark.slow
+def test_dicom_series_adapts_with_its_header_profile(tmp_path, tiny_weights):
+    source = SHARED_DATA / "tcga_thca_ct_dicom_subset"
+    if not source.is_dir():
+        pytest.skip(f"DICOM subset not found at {source}")
+    folder = tmp_path / "series"
+    shutil.copytree(source, folder)
+    done = subprocess.run([sys.executable, "-m", "cycleinr", "super-resolve", str(folder),
+                           str(tmp_path / "out.nii.gz"), "--scale", "2", "--model", tiny_weights, "--device", "cpu",
+                           "--adapt", "0.02"], capture_output=True, text=True, cwd=REPO, timeout=600,
+                          env=dict(os.environ, PYTHONPATH=str(ENGINE_DIR), OMP_NUM_THREADS="1"))
+    assert done.returncode == 0, done.stderr
+    assert "5 mm thick every 2.5 mm (overlapping; DICOM SliceThickness and slice positions)" in done.stderr
