@@ -192,35 +192,6 @@ def test_worker_reports_the_adaptation_phase_and_cancels_in_it(tmp_path, tiny_we
     assert not (tmp_path / "cancelled.nrrd").exists()
 
 
-def test_slicer_logic_passes_adapt_minutes_to_the_worker(tmp_path, tiny_weights, monkeypatch):
-    """The Logic (real module code, on the test stand-in for Slicer) runs the worker with --adapt
-    and reports its phase through ``status``."""
-    standin = REPO / "Testing" / "slicer_standin"
-    for path in (str(standin), str(ENGINE_DIR)):
-        if path not in sys.path:
-            sys.path.insert(0, path)
-    slicer = pytest.importorskip("slicer")
-    import CycleINRSR
-
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    slicer.mrmlScene.Clear(True)
-    head = slicer.util.loadVolume(str(HEAD_CT))
-    logic = CycleINRSR.CycleINRSRLogic()
-    messages = []
-    job = logic.superResolve(head, scale=2.0, model=tiny_weights, adaptMinutes=0.01, sliceThickness=3.0,
-                             status=messages.append, waitForCompletion=False)
-    command = job.command()
-    assert command[command.index("--adapt") + 1] == "0.01"
-    assert command[command.index("--slice-thickness") + 1] == "3.0"
-    job.wait()
-    assert job.state == "done", job.error
-    assert messages[0].startswith("adapting tiny-untrained-test") and "3 mm thick every 1.5 mm" in messages[0]
-    assert "was used" in messages[-1] and any("adapted to this scan" in w for w in job.result["warnings"])
-    plain = CycleINRSR.SuperResolveJob(logic, head, None, job.grid, dict(device="cpu", model=tiny_weights))
-    plain.inputPath, plain.outputPath = "in.nrrd", "out.nrrd"
-    assert "--adapt" not in plain.command()
-
-
 @pytest.mark.slow
 def test_dicom_series_adapts_with_its_header_profile(tmp_path, tiny_weights):
     source = SHARED_DATA / "tcga_thca_ct_dicom_subset"

@@ -285,6 +285,27 @@ def test_console_super_resolve_returns_node_and_reports_progress(scene, tiny_mod
     assert not np.array_equal(slicer.util.arrayFromVolume(regenerated)[::2], source)
 
 
+def test_console_adapt_minutes_reach_the_worker_and_its_phase_is_reported(scene, tiny_model_file, monkeypatch):
+    """The Logic runs the worker with --adapt and reports the adaptation phase through ``status``."""
+    slicer, module = scene
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    head = slicer.util.loadVolume(str(HEAD_CT))
+    logic = module.CycleINRSRLogic()
+    messages = []
+    job = logic.superResolve(head, scale=2.0, model=tiny_model_file, adaptMinutes=0.01, sliceThickness=3.0,
+                             status=messages.append, waitForCompletion=False)
+    command = job.command()
+    assert command[command.index("--adapt") + 1] == "0.01"
+    assert command[command.index("--slice-thickness") + 1] == "3.0"
+    job.wait()
+    assert job.state == "done", job.error
+    assert messages[0].startswith("adapting ") and "3 mm thick every 1.5 mm" in messages[0]
+    assert "was used" in messages[-1] and any("adapted to this scan" in w for w in job.result["warnings"])
+    plain = module.SuperResolveJob(logic, head, None, job.grid, dict(device="cpu", model=tiny_model_file))
+    plain.inputPath, plain.outputPath = "in.nrrd", "out.nrrd"
+    assert "--adapt" not in plain.command()
+
+
 def test_console_errors_are_one_line_and_change_nothing(scene, tiny_model_file, tmp_path):
     slicer, module = scene
     head = slicer.util.loadVolume(str(HEAD_CT))
