@@ -19,7 +19,7 @@ from cycleinr.api import super_resolve
 from cycleinr.cli import main
 from cycleinr.errors import Cancelled, InputError
 from cycleinr.slice_profile import (SliceProfile, box_weights, degrade_with_profile, dicom_slice_profile,
-                                    profile_for)
+                                    estimate_profile, profile_for)
 from cycleinr.weights import load_model, save_model
 
 FAST = dict(batch_size=1, lr_slices=3, patch=16, validation_patches=2, checks=1)
@@ -67,6 +67,49 @@ def test_gapped_slices_sample_thin_boxes():
     assert profile_for(2.5, 5.0).widths(2.0) == (4.0,)
     with pytest.raises(InputError):
         SliceProfile(0.0, 2.5)
+
+
+def _array(path):
+    image = sitk.ReadImage(str(path))
+    return sitk.GetArrayFromImage(image), tuple(reversed(image.GetSpacing()))
+
+
+def test_the_real_overlapping_scan_measures_as_5_mm_every_2_5():
+    volume, spacing = _array(SAMPLE_CT)  # TCGA: 5 mm slices reconstructed every 2.5 mm
+    profile = estimate_profile(volume, spacing, 0)
+    assert profile.thickness == pytest.approx(5.0) and "overlapping" in profile.describe()
+    assert "estimated" in profile.describe()
+
+
+@pytest.mark.parametrize("factor", [2, 3])
+def test_thin_ct_made_thick_measures_gaps_when_sampled_and_contiguous_when_averaged(factor):
+    volume, spacing = _array(HEAD_CT)  # 1.5 mm slices of a real head CT
+    count = volume.shape[0] // factor * factor
+    sampled = volume[:count:factor]
+    averaged = volume[:count].reshape(count // factor, factor, *volume.shape[1:]).mean(axis=1)
+    thick_spacing = (spacing[0] * factor, spacing[1], spacing[2])
+    gaps = estimate_profile(sampled, thick_spacing, 0)
+    contiguous = estimate_profile(averaged, thick_spacing, 0)
+    assert gaps.thickness / gaps.spacing <= 0.5 and "gaps" in gaps.describe()
+    assert 0.75 <= contiguous.thickness / contiguous.spacing <= 1.25
+
+
+def test_a_profile_that_cannot_be_measured_is_refused_with_the_reason(thick_ct):
+    volume, spacing = thick_ct
+    with pytest.raises(InputError, match="from 12 slices"):
+        estimate_profile(volume, spacing, 0)
+    with pytest.raises(InputError, match="no tissue"):
+        estimate_profile(np.full((40, 64, 64), -1024, np.int16), (2.5, 1.0, 1.0), 0)
+
+
+def test_adaptation_without_a_thickness_measures_it_and_says_so(tiny_model):
+    volume, spacing = _array(SAMPLE_CT)
+    volume = volume[:, 64:192, 64:192].copy()
+    result = adapt_model(volume, spacing, 2.0, tiny_model, minutes=5, max_steps=1, device="cpu", **FAST)
+    assert result.profile.thickness == pytest.approx(5.0) and "estimated" in result.message()
+    small, small_spacing = volume[:12], spacing  # too few slices to measure: both ends, and why
+    result = adapt_model(small, small_spacing, 2.0, tiny_model, minutes=5, max_steps=1, device="cpu", **FAST)
+    assert result.profile.thickness is None and "not measurable" in result.message()
 
 
 def test_thickness_and_spacing_come_from_the_dicom_headers(tmp_path):

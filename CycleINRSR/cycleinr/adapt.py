@@ -29,9 +29,10 @@ import numpy as np
 
 from .errors import Cancelled, InputError
 from .geometry import choose_slice_axis
+from .metrics import guess_modality
 from .normalise import intensity_map
 from .pairs import Batch, TrainingVolume, _pad_to
-from .slice_profile import SliceProfile, degrade_with_profile, profile_for
+from .slice_profile import SliceProfile, degrade_with_profile, estimate_profile, profile_for
 
 # torch is imported where it is used: the CLI reads DEFAULT_MINUTES while building its parser
 
@@ -197,6 +198,11 @@ def adapt_model(volume: np.ndarray, spacing: Sequence[float], scale: float, mode
     axis = choose_slice_axis(spacing, slice_axis)
     in_plane = tuple(a for a in range(3) if a != axis)
     profile = profile_for(spacing[axis], slice_thickness, thickness_source)
+    if slice_thickness is None and guess_modality(volume) == "ct":  # MR: the estimate is tuned on CT
+        try:  # a wrong guess harms (see profile_for): measure it from the scan
+            profile = estimate_profile(volume, spacing, axis)
+        except InputError as reason:  # too few slices or too little tissue: both ends, and say why
+            profile = profile_for(spacing[axis], None, f"not measurable: {reason}")
     widths = profile.widths(scale)
     intensities = intensity_map(volume, base.info.normalisation)
     probe = ProfilePairs([TrainingVolume("probe", volume, tuple(spacing), in_plane, intensities)],

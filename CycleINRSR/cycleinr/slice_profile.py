@@ -69,13 +69,90 @@ class SliceProfile:
 
 
 def profile_for(spacing: float, thickness: float | None = None, source: str | None = None) -> SliceProfile:
-    """The profile for a slice spacing. An unknown thickness is not guessed: pairs are made at
-    both ends of what it can be (``SliceProfile.widths``). Taking it as the spacing was measured
-    to harm interval-sampled scans (x5, 3 min: -0.83 dB PSNR, SNLI 3.6 -> 8.3) because the
-    held-back pairs, made with the same wrong profile, approved the adapted model."""
+    """The profile for a slice spacing. An unknown thickness is not guessed here: pairs are made
+    at both ends of what it can be (``SliceProfile.widths``); ``estimate_profile`` measures it
+    from the scan instead. Taking it as the spacing was measured to harm interval-sampled scans
+    (x5, 3 min: -0.83 dB PSNR, SNLI 3.6 -> 8.3) because the held-back pairs, made with the same
+    wrong profile, approved the adapted model."""
     if thickness is None:
         return SliceProfile(None, float(spacing), source or "give --slice-thickness to set it")
     return SliceProfile(float(thickness), float(spacing), source or "given")
+
+
+# Thickness / spacing ratios the estimate chooses among: 1/r of interval sampling at x5 ... x2,
+# contiguous (1), and overlapping reconstructions (the shared TCGA scan: 5 mm every 2.5 mm = 2).
+ESTIMATE_RATIOS = (0.2, 0.35, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0)
+SPECTRUM_SEGMENT = 16      # samples per Welch segment, at the slice spacing
+SPECTRUM_LINES = 20_000    # lines per spectrum (a strided subset of the volume's)
+CT_BODY_HU = -924.0        # the body's bounding box: voxels above this (the metrics' anatomy level)
+CT_TISSUE_HU = -500.0      # a segment counts when at least half its samples are above this
+TISSUE_SHARE = 0.5
+
+
+def _line_spectrum(volume: np.ndarray, axis: int) -> np.ndarray | None:
+    """Mean Hann-windowed periodogram of the lines along ``axis`` over segments through tissue."""
+    lines = np.moveaxis(volume, axis, -1)
+    stride = max(1, int(math.sqrt(lines.shape[0] * lines.shape[1] / SPECTRUM_LINES)))
+    lines = lines[::stride, ::stride].reshape(-1, lines.shape[-1])
+    window = np.hanning(SPECTRUM_SEGMENT).astype(np.float32)
+    power = []
+    for start in range(0, lines.shape[1] - SPECTRUM_SEGMENT + 1, SPECTRUM_SEGMENT // 2):
+        segment = lines[:, start:start + SPECTRUM_SEGMENT]
+        segment = segment[np.mean(segment > CT_TISSUE_HU, axis=1) >= TISSUE_SHARE]
+        if len(segment):
+            segment = segment - segment.mean(axis=1, keepdims=True)
+            power.append(np.abs(np.fft.rfft(segment * window, axis=1)) ** 2)
+    if not power:
+        return None
+    return np.concatenate(power).mean(axis=0)[1:]  # without the DC bin
+
+
+def estimate_profile(volume: np.ndarray, spacing, slice_axis: int) -> SliceProfile:
+    """The slice thickness of a CT volume (HU) measured from the volume itself.
+
+    Along the slice axis the scan shows the anatomy blurred by the unknown slice profile and
+    sampled every ``spacing``; along a fine in-plane axis it shows the same kind of anatomy
+    nearly unblurred. Each candidate profile is applied to the in-plane axes (box of that
+    thickness, sampled at the slice spacing) and the one whose power spectrum best matches the
+    slice axis's (mean squared log ratio over the frequency bins, tissue segments only) is taken.
+    Measured on held-out thin CT made thick (2026-12-03): slab-averaged x2/x3/x5 -> 0.75-1.0 x
+    spacing (true 1.0); interval-sampled -> 0.2-0.75 x spacing (true 0.2-0.5; chest CT's own
+    thicker slices read as up to 0.75); the real TCGA scan (5 mm every 2.5 mm) -> 5.0 mm.
+    """
+    volume = np.asarray(volume)
+    axis = int(slice_axis)
+    in_plane = [a for a in range(3) if a != axis]
+    body = np.nonzero(volume > CT_BODY_HU)
+    if not len(body[0]):
+        raise InputError("the slice thickness cannot be measured: the volume holds no tissue above "
+                         f"{CT_BODY_HU:g} HU")
+    box = tuple(slice(int(index.min()), int(index.max()) + 1) for index in body)
+    volume = np.clip(volume[box].astype(np.float32), -1024.0, 3071.0)
+    if volume.shape[axis] < SPECTRUM_SEGMENT:
+        raise InputError(f"the slice thickness cannot be measured from {volume.shape[axis]} slices with "
+                         f"tissue (at least {SPECTRUM_SEGMENT} are needed)")
+    target = _line_spectrum(volume, axis)
+    scores = {ratio: [] for ratio in ESTIMATE_RATIOS}
+    for fine_axis in in_plane:
+        factor = float(spacing[axis]) / float(spacing[fine_axis])
+        fine = np.moveaxis(volume, fine_axis, 0)
+        # lines are independent: keep a strided subset of them before blurring
+        stride = max(1, int(math.sqrt(fine.shape[1] * fine.shape[2] / SPECTRUM_LINES)))
+        fine = np.ascontiguousarray(fine[:, ::stride, ::stride])
+        if fine.shape[0] / factor < SPECTRUM_SEGMENT + 2:
+            continue
+        for ratio in ESTIMATE_RATIOS:
+            thick = degrade_with_profile(fine, factor, max(factor * ratio, 1.0), first=factor)
+            spectrum = _line_spectrum(thick, 0)
+            if target is not None and spectrum is not None:
+                scores[ratio].append(float(np.mean((np.log(target) - np.log(spectrum)) ** 2)))
+    scores = {ratio: float(np.mean(values)) for ratio, values in scores.items() if values}
+    if not scores:
+        raise InputError("the slice thickness cannot be measured: too little tissue along the in-plane "
+                         "axes at the slice spacing")
+    ratio = min(scores, key=scores.get)
+    return SliceProfile(ratio * float(spacing[axis]), float(spacing[axis]),
+                        "estimated from the scan's own spectra; give --slice-thickness to set it")
 
 
 def box_weights(centre: float, width: float, count: int) -> tuple[int, np.ndarray]:

@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--adapt", type=float, metavar="MINUTES",
                         help="adapt the model to this scan for MINUTES first (cycleinr.adapt)")
     parser.add_argument("--slice-thickness", type=float, metavar="MM",
-                        help="with --adapt: slice thickness (default: unknown, see cycleinr.slice_profile)")
+                        help="with --adapt: slice thickness (default: measured from a CT scan, see cycleinr.slice_profile)")
     parser.add_argument("--save-model", metavar="FILE", help="with --adapt: keep the weights used here")
     parser.add_argument("--overwrite", action="store_true")
     return parser

@@ -26,7 +26,7 @@ def parseArguments(argv):
     parser.add_argument("--adapt", type=float, metavar="MINUTES",
                         help="adapt the model to this scan for MINUTES first (kept only if it helps)")
     parser.add_argument("--slice-thickness", type=float, metavar="MM",
-                        help="with --adapt: slice thickness (default: unknown, see cycleinr.slice_profile)")
+                        help="with --adapt: slice thickness (default: measured from a CT scan, see cycleinr.slice_profile)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     return parser.parse_args(argv)
 

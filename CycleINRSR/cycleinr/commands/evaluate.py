@@ -33,7 +33,7 @@ def add_arguments(parser) -> None:
                              "units) are interpolated, not run through the network (default -900: CT air)")
     parser.add_argument("--slice-thickness", type=float, metavar="MM",
                         help="for cycleinr-adapt: the thick slices' thickness for the slice profile "
-                             "(default: unknown, as super-resolve --adapt takes it for NIfTI/NRRD)")
+                             "(default: measured from a CT scan, as super-resolve --adapt does for NIfTI/NRRD)")
     parser.add_argument("--adapt-clock", default="wall", choices=["wall", "cpu"],
                         help="for cycleinr-adapt: count the minutes in wall time (as --adapt does) or in this "
                              "process's CPU time (steady figures on a busy shared machine; with "

@@ -45,7 +45,7 @@ def add_arguments(parser) -> None:
                              "line says which was used")
     parser.add_argument("--slice-thickness", type=float, metavar="MM",
                         help="with --adapt: the scan's slice thickness (DICOM: read from SliceThickness; "
-                             "NIfTI/NRRD: give it; unknown, pairs are made for thin and for contiguous slices)")
+                             "NIfTI/NRRD CT without it: measured from the scan; MR: pairs for thin and for contiguous slices)")
     parser.add_argument("--save-model", metavar="FILE",
                         help="with --adapt: keep the weights used in FILE (.safetensors); without it "
                              "nothing is kept")
