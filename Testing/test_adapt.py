@@ -14,7 +14,8 @@ import SimpleITK as sitk
 import torch
 from conftest import ENGINE_DIR, HEAD_CT, REPO, SAMPLE_CT, SHARED_DATA
 
-from cycleinr.adapt import adapt_model
+import cycleinr.adapt as adapt_module
+from cycleinr.adapt import adapt_model, slice_axis_psnr
 from cycleinr.api import super_resolve
 from cycleinr.cli import main
 from cycleinr.errors import Cancelled, InputError
@@ -152,6 +153,36 @@ def test_an_accepted_adaptation_is_a_changed_copy(thick_ct, tiny_model):
     record = result.model.info.provenance["adaptation"]
     assert record["slice_thickness_mm"] == 5.0 and record["slice_spacing_mm"] == 2.5
     assert "adapted model was used" in result.message()
+
+
+def test_the_slice_axis_check_scores_real_acquired_slices_and_sees_a_damaged_model():
+    from cycleinr.api import pick_model
+    from cycleinr.normalise import intensity_map
+    from cycleinr.weights import LoadedModel
+
+    volume, spacing = _array(HEAD_CT)
+    base = pick_model(None, torch.device("cpu"))
+    intensities = intensity_map(volume, base.info.normalisation)
+    good = slice_axis_psnr(volume, spacing, 0, base, "cpu", intensities)
+    damaged = LoadedModel(__import__("copy").deepcopy(base.network), base.info, None)
+    with torch.no_grad():
+        for parameter in damaged.network.parameters():
+            parameter.mul_(1.5)
+    assert 25.0 < good < 60.0 and slice_axis_psnr(volume, spacing, 0, damaged, "cpu", intensities) < good
+    assert slice_axis_psnr(volume[:4], spacing, 0, base, "cpu", intensities) is None  # too few slices
+
+
+def test_an_adaptation_worse_on_the_real_slice_axis_is_not_used(thick_ct, tiny_model, monkeypatch):
+    volume, spacing = thick_ct
+    scores = iter([30.0, 29.5])  # base, adapted: the adapted copy loses on the real slice axis
+    monkeypatch.setattr(adapt_module, "slice_axis_psnr", lambda *args: next(scores))
+    result = adapt_model(volume, spacing, 2.5, tiny_model, minutes=5, max_steps=2, lr=1e-3,
+                         min_gain_db=-np.inf, slice_thickness=5.0, device="cpu", **FAST)
+    assert not result.adapted and result.model is tiny_model
+    assert (result.slice_check_base, result.slice_check_adapted) == (30.0, 29.5)
+    assert "30.00 -> 29.50 dB" in result.message()
+    if result.gain_db > 0:
+        assert "worse on the real slice axis" in result.message()
 
 
 def test_cancel_during_adaptation_stops_it(thick_ct, tiny_model):
