@@ -78,6 +78,16 @@ def slicer_app():
 
 
 @pytest.fixture(scope="session")
+def thick_head_file(tmp_path_factory):
+    """A thick version of the real head CT crop on disk: every 3rd slice, small in-plane."""
+    import SimpleITK as sitk
+    image = sitk.ReadImage(str(HEAD_CT))[:48, :40, ::3]
+    path = tmp_path_factory.mktemp("input") / "head_thick.nii.gz"
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
 def tiny_model_file(tiny_model, tmp_path_factory):
     from cycleinr import save_model
     return str(save_model(tmp_path_factory.mktemp("model") / "tiny_untrained.safetensors",

@@ -16,20 +16,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from cycleinr import save_model
 from cycleinr.cli import main
 from cycleinr.errors import InputError
 from cycleinr.volumes import read_image
 from conftest import ENGINE_DIR, HEAD_CT, SHARED_DATA
 
 DICOM_SERIES = SHARED_DATA / "tcga_thca_ct_dicom_subset"
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory, tiny_model):
-    """The untrained tiny test network on disk (plumbing only)."""
-    return str(save_model(tmp_path_factory.mktemp("model") / "tiny.safetensors", tiny_model.network,
-                          tiny_model.info))
 
 
 @pytest.fixture(scope="module")
@@ -160,11 +152,12 @@ def test_header_claiming_more_voxels_than_memory_is_refused_before_reading(tmp_p
 # --- MetaImage and NRRD: truncated data, data files elsewhere --------------------------------------
 
 @pytest.mark.parametrize("compress", [False, True])
-def test_truncated_mha_is_refused_with_the_reason(tmp_path, small_ct, capfd, compress):
+@pytest.mark.parametrize("suffix", [".mha", ".nrrd"])
+def test_truncated_mha_and_nrrd_are_refused_with_the_reason(tmp_path, small_ct, capfd, suffix, compress):
     (tmp_path / "in").mkdir()
-    source = _cut(_write(small_ct, tmp_path / "in" / "ct.mha", compress), 0.6)
+    source = _cut(_write(small_ct, tmp_path / "in" / f"ct{suffix}", compress), 0.6)
     err = _refused_by_cli(source, tmp_path / "out", capfd)
-    assert "ct.mha is truncated" in err
+    assert f"ct{suffix} is truncated" in err
 
 
 def test_corrupt_compressed_mha_is_refused(tmp_path, capsys):
@@ -179,14 +172,6 @@ def test_corrupt_compressed_mha_is_refused(tmp_path, capsys):
     assert not np.array_equal(silently, sitk.GetArrayFromImage(sitk.ReadImage(str(HEAD_CT))))
     err = _refused_by_cli(source, tmp_path / "out", capsys)
     assert "head.mha is damaged: its data does not match the Adler-32 checksum" in err
-
-
-@pytest.mark.parametrize("compress", [False, True])
-def test_truncated_nrrd_is_refused_with_the_reason(tmp_path, small_ct, capfd, compress):
-    (tmp_path / "in").mkdir()
-    source = _cut(_write(small_ct, tmp_path / "in" / "ct.nrrd", compress), 0.6)
-    err = _refused_by_cli(source, tmp_path / "out", capfd)
-    assert "ct.nrrd is truncated" in err
 
 
 def test_nrrd_longer_than_its_header_says_is_refused(tmp_path, small_ct, capfd):
@@ -380,7 +365,7 @@ def truncated_ct(tmp_path, small_ct):
     return _cut(_write(small_ct, folder / "damaged.nii.gz"), 0.5)
 
 
-def test_batch_with_one_bad_file_does_the_others_and_names_it(tmp_path, small_ct, truncated_ct, model_file,
+def test_batch_with_one_bad_file_does_the_others_and_names_it(tmp_path, small_ct, truncated_ct, tiny_model_file,
                                                              capsys):
     inputs = tmp_path / "batch"
     inputs.mkdir()
@@ -388,7 +373,7 @@ def test_batch_with_one_bad_file_does_the_others_and_names_it(tmp_path, small_ct
     shutil.copyfile(truncated_ct, inputs / "damaged.nii.gz")
     before = _digests(inputs)
     code = main(["super-resolve", str(inputs), str(tmp_path / "results"), "--scale", "2",
-                 "--model", model_file, "--device", "cpu", "--no-progress"])
+                 "--model", tiny_model_file, "--device", "cpu", "--no-progress"])
     captured = capsys.readouterr()
     assert code == 2
     assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["good.nii.gz"]

@@ -30,22 +30,6 @@ from cycleinr.errors import InputError, OutputError
 from conftest import ENGINE_DIR, HEAD_CT, SHARED_DATA
 
 
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory, tiny_model):
-    """The untrained tiny test network on disk (plumbing only, no quality claims)."""
-    return str(save_model(tmp_path_factory.mktemp("model") / "tiny.safetensors", tiny_model.network,
-                          tiny_model.info))
-
-
-@pytest.fixture(scope="module")
-def thick_ct(tmp_path_factory):
-    """A thick version of the real head CT crop: every 3rd slice, small in-plane."""
-    image = sitk.ReadImage(str(HEAD_CT))[:48, :40, ::3]
-    path = tmp_path_factory.mktemp("input") / "head_thick.nii.gz"
-    sitk.WriteImage(image, str(path))
-    return path
-
-
 def _env(**extra):
     return dict(os.environ, PYTHONPATH=str(ENGINE_DIR), OMP_NUM_THREADS="1", **extra)
 
@@ -72,14 +56,14 @@ def _one_line_error(stderr: str) -> str:
 # ------------------------------------------------------------------ 1. short writes never pass
 
 @pytest.mark.parametrize("name", ["o.nii", "o.nii.gz", "o.nrrd", "o.mha"])
-def test_write_cut_short_by_the_file_size_limit_fails_and_keeps_the_good_output(tmp_path, thick_ct,
-                                                                                 model_file, name):
+def test_write_cut_short_by_the_file_size_limit_fails_and_keeps_the_good_output(tmp_path, thick_head_file,
+                                                                                 tiny_model_file, name):
     out = tmp_path / name
-    assert main(["super-resolve", str(thick_ct), str(out), "--scale", "3", "--model", model_file,
+    assert main(["super-resolve", str(thick_head_file), str(out), "--scale", "3", "--model", tiny_model_file,
                  "--device", "cpu"]) == 0
     good = out.read_bytes()
     assert len(good) > 40_000
-    done = _cycleinr("super-resolve", thick_ct, out, "--scale", "3", "--model", model_file, "--device", "cpu",
+    done = _cycleinr("super-resolve", thick_head_file, out, "--scale", "3", "--model", tiny_model_file, "--device", "cpu",
                      "--overwrite", limit_bytes=16_384)
     assert done.returncode == 2, done.stderr
     line = _one_line_error(done.stderr)  # no raw "** ERROR: NWAD: wrote only N of M bytes" either
@@ -88,11 +72,11 @@ def test_write_cut_short_by_the_file_size_limit_fails_and_keeps_the_good_output(
     assert _hidden(tmp_path) == []
 
 
-def test_batch_reports_a_short_write_as_failed(tmp_path, thick_ct, model_file):
+def test_batch_reports_a_short_write_as_failed(tmp_path, thick_head_file, tiny_model_file):
     inputs, outputs = tmp_path / "in", tmp_path / "out"
     inputs.mkdir()
-    shutil.copy(thick_ct, inputs / "a.nii.gz")
-    done = _cycleinr("super-resolve", inputs, outputs, "--scale", "3", "--model", model_file, "--device", "cpu",
+    shutil.copy(thick_head_file, inputs / "a.nii.gz")
+    done = _cycleinr("super-resolve", inputs, outputs, "--scale", "3", "--model", tiny_model_file, "--device", "cpu",
                      "--format", ".nii", limit_bytes=16_384)
     assert done.returncode == 2
     assert "done" not in done.stdout and "cannot write a.nii" in done.stderr
@@ -122,24 +106,16 @@ def _in_mount(folder: Path, options: str, *args):
 
 
 @needs_mounts
-def test_read_only_mount_is_refused_before_any_work(tmp_path, thick_ct):
-    folder = tmp_path / "readonly"
+@pytest.mark.parametrize("options, reason", [("ro,size=1m", "read-only file system"),
+                                             ("size=1m,nr_inodes=1", "no space left")])
+def test_unwritable_file_system_is_refused_before_any_work(tmp_path, thick_head_file, options, reason):
+    folder = tmp_path / "mount"
     folder.mkdir()
     # the model does not exist: a refusal that names the output proves the output was checked first
-    done = _in_mount(folder, "ro,size=1m", "super-resolve", thick_ct, folder / "o.nii.gz", "--scale", "2",
+    done = _in_mount(folder, options, "super-resolve", thick_head_file, folder / "o.nii.gz", "--scale", "2",
                      "--model", tmp_path / "missing.safetensors")
     assert done.returncode == 2
-    assert "read-only file system" in _one_line_error(done.stderr)
-
-
-@needs_mounts
-def test_file_system_without_free_inodes_is_refused_before_any_work(tmp_path, thick_ct):
-    folder = tmp_path / "full"
-    folder.mkdir()
-    done = _in_mount(folder, "size=1m,nr_inodes=1", "super-resolve", thick_ct, folder / "o.nii.gz", "--scale", "2",
-                     "--model", tmp_path / "missing.safetensors")
-    assert done.returncode == 2
-    assert "no space left" in _one_line_error(done.stderr)
+    assert reason in _one_line_error(done.stderr)
 
 
 @needs_mounts
@@ -164,13 +140,13 @@ def test_disk_filling_up_during_the_run_gives_one_line_and_no_output(tmp_path):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="drops to the 'nobody' user, which needs root")
-def test_folder_without_write_permission_is_refused_before_any_work(thick_ct):
+def test_folder_without_write_permission_is_refused_before_any_work(thick_head_file):
     """As a normal user (nobody) in a root-owned 0755 folder: refused before work, exit 2."""
     shared = Path(tempfile.mkdtemp(prefix="cycleinr-perm-"))
     try:
         os.chmod(shared, 0o755)
         source = shared / "in.nii.gz"
-        shutil.copy(thick_ct, source)
+        shutil.copy(thick_head_file, source)
         os.chmod(source, 0o644)
         try:
             done = _cycleinr("super-resolve", source, shared / "o.nii.gz", "--scale", "2",
@@ -186,29 +162,29 @@ def test_folder_without_write_permission_is_refused_before_any_work(thick_ct):
         shutil.rmtree(shared)
 
 
-def test_a_file_where_the_output_folder_should_be_is_refused(tmp_path, thick_ct, capsys):
+def test_a_file_where_the_output_folder_should_be_is_refused(tmp_path, thick_head_file, capsys):
     (tmp_path / "notafolder").write_text("x")
-    assert main(["super-resolve", str(thick_ct), str(tmp_path / "notafolder" / "o.nii.gz"), "--scale", "2",
+    assert main(["super-resolve", str(thick_head_file), str(tmp_path / "notafolder" / "o.nii.gz"), "--scale", "2",
                  "--model", str(tmp_path / "missing.safetensors")]) == 2
     assert "not a folder" in capsys.readouterr().err
 
 
-def test_long_legal_name_is_written_with_a_short_temporary_name(tmp_path, thick_ct, model_file):
+def test_long_legal_name_is_written_with_a_short_temporary_name(tmp_path, thick_head_file, tiny_model_file):
     name = "a" * 240 + ".nii.gz"  # 247 bytes: legal; '.<name>.<random>.partial.nii.gz' is not
-    assert main(["super-resolve", str(thick_ct), str(tmp_path / name), "--scale", "2", "--model", model_file,
+    assert main(["super-resolve", str(thick_head_file), str(tmp_path / name), "--scale", "2", "--model", tiny_model_file,
                  "--device", "cpu"]) == 0
     assert sitk.ReadImage(str(tmp_path / name)).GetSize()[2] == 31
     assert _hidden(tmp_path) == []
 
 
-def test_name_longer_than_the_file_system_allows_is_refused_before_work(tmp_path, thick_ct, capsys):
+def test_name_longer_than_the_file_system_allows_is_refused_before_work(tmp_path, thick_head_file, capsys):
     name = "a" * 300 + ".nii.gz"
-    assert main(["super-resolve", str(thick_ct), str(tmp_path / name), "--scale", "2",
+    assert main(["super-resolve", str(thick_head_file), str(tmp_path / name), "--scale", "2",
                  "--model", str(tmp_path / "missing.safetensors")]) == 2
     assert "file name is 307 bytes long" in capsys.readouterr().err
 
 
-def test_output_appearing_during_the_run_is_not_replaced(tmp_path, thick_ct, model_file, monkeypatch, capsys):
+def test_output_appearing_during_the_run_is_not_replaced(tmp_path, thick_head_file, tiny_model_file, monkeypatch, capsys):
     """Another program creates OUT while we write ours: without --overwrite it is kept, we fail."""
     out = tmp_path / "o.nii.gz"
     real = sitk.WriteImage
@@ -218,7 +194,7 @@ def test_output_appearing_during_the_run_is_not_replaced(tmp_path, thick_ct, mod
         return real(*args, **kwargs)
 
     monkeypatch.setattr(sitk, "WriteImage", meanwhile)
-    assert main(["super-resolve", str(thick_ct), str(out), "--scale", "2", "--model", model_file,
+    assert main(["super-resolve", str(thick_head_file), str(out), "--scale", "2", "--model", tiny_model_file,
                  "--device", "cpu"]) == 2
     assert "output exists" in capsys.readouterr().err
     assert out.read_bytes() == b"someone else's result"
@@ -260,14 +236,14 @@ def test_second_run_for_the_same_output_is_refused_at_its_start(tmp_path):
     assert _hidden(tmp_path) == []
 
 
-def test_stale_claim_of_a_dead_run_does_not_block(tmp_path, thick_ct, model_file):
+def test_stale_claim_of_a_dead_run_does_not_block(tmp_path, thick_head_file, tiny_model_file):
     from cycleinr.output_files import _claim_path, _host_tag
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True).stdout.strip()
     out = tmp_path / "o.nii.gz"
     _claim_path(out).write_text(f"{_host_tag()} {dead}")
-    assert main(["super-resolve", str(thick_ct), str(out), "--scale", "2", "--model", model_file,
+    assert main(["super-resolve", str(thick_head_file), str(out), "--scale", "2", "--model", tiny_model_file,
                  "--device", "cpu"]) == 0
     assert _hidden(tmp_path) == []
 
@@ -287,42 +263,42 @@ def _digest(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
 
-def test_output_inside_a_dicom_input_folder_is_refused(tmp_path, model_file, capsys):
+def test_output_inside_a_dicom_input_folder_is_refused(tmp_path, tiny_model_file, capsys):
     series = _dicom_copy(tmp_path)
     before = _digest(series)
     assert main(["super-resolve", str(series), str(series / "out.nii.gz"), "--scale", "2", "--model",
-                 model_file, "--device", "cpu"]) == 2
+                 tiny_model_file, "--device", "cpu"]) == 2
     assert "inside the input folder" in capsys.readouterr().err
     assert _digest(series) == before
 
 
-def test_batch_output_folder_inside_its_input_folder_is_refused(tmp_path, thick_ct, model_file, capsys):
+def test_batch_output_folder_inside_its_input_folder_is_refused(tmp_path, thick_head_file, tiny_model_file, capsys):
     inputs = tmp_path / "in"
     inputs.mkdir()
-    shutil.copy(thick_ct, inputs / "a.nii.gz")
+    shutil.copy(thick_head_file, inputs / "a.nii.gz")
     for target in (inputs / "results", inputs):
-        assert main(["super-resolve", str(inputs), str(target), "--scale", "2", "--model", model_file,
+        assert main(["super-resolve", str(inputs), str(target), "--scale", "2", "--model", tiny_model_file,
                      "--device", "cpu"]) == 2
         assert "inside the input folder" in capsys.readouterr().err
     assert sorted(p.name for p in inputs.iterdir()) == ["a.nii.gz"]
 
 
-def test_batch_output_named_like_a_file_is_refused(tmp_path, thick_ct, model_file, capsys):
+def test_batch_output_named_like_a_file_is_refused(tmp_path, thick_head_file, tiny_model_file, capsys):
     """A DICOM folder holding an earlier result is a batch; 'res.nii.gz' must not become a folder."""
     series = _dicom_copy(tmp_path)
-    shutil.copy(thick_ct, series / "earlier.nii.gz")
+    shutil.copy(thick_head_file, series / "earlier.nii.gz")
     assert main(["super-resolve", str(series), str(tmp_path / "res.nii.gz"), "--scale", "2", "--model",
-                 model_file, "--device", "cpu"]) == 2
+                 tiny_model_file, "--device", "cpu"]) == 2
     assert "the output must be a folder, not res.nii.gz" in capsys.readouterr().err
     assert not (tmp_path / "res.nii.gz").exists()
 
 
-def test_batch_inputs_sharing_an_output_name_are_refused_before_work(tmp_path, thick_ct, model_file, capsys):
+def test_batch_inputs_sharing_an_output_name_are_refused_before_work(tmp_path, thick_head_file, tiny_model_file, capsys):
     inputs, outputs = tmp_path / "in", tmp_path / "out"
     inputs.mkdir()
-    shutil.copy(thick_ct, inputs / "a.nii.gz")
-    sitk.WriteImage(sitk.ReadImage(str(thick_ct)), str(inputs / "a.nrrd"))
-    assert main(["super-resolve", str(inputs), str(outputs), "--scale", "2", "--model", model_file,
+    shutil.copy(thick_head_file, inputs / "a.nii.gz")
+    sitk.WriteImage(sitk.ReadImage(str(thick_head_file)), str(inputs / "a.nrrd"))
+    assert main(["super-resolve", str(inputs), str(outputs), "--scale", "2", "--model", tiny_model_file,
                  "--device", "cpu"]) == 2
     assert "would both be written to" in capsys.readouterr().err
     assert list(outputs.iterdir()) == []
@@ -331,36 +307,36 @@ def test_batch_inputs_sharing_an_output_name_are_refused_before_work(tmp_path, t
 # ------------------------------------------------------------------------- 4. permissions
 
 @pytest.mark.parametrize("mask", [0o022, 0o002])
-def test_new_outputs_get_the_mode_the_umask_says(tmp_path, thick_ct, model_file, mask):
+def test_new_outputs_get_the_mode_the_umask_says(tmp_path, thick_head_file, tiny_model_file, mask):
     previous = os.umask(mask)
     try:
         for name in ("o.nii.gz", "o.nrrd"):
-            assert main(["super-resolve", str(thick_ct), str(tmp_path / name), "--scale", "2", "--model",
-                         model_file, "--device", "cpu"]) == 0
+            assert main(["super-resolve", str(thick_head_file), str(tmp_path / name), "--scale", "2", "--model",
+                         tiny_model_file, "--device", "cpu"]) == 0
             assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~mask
     finally:
         os.umask(previous)
 
 
-def test_overwrite_keeps_the_replaced_files_mode(tmp_path, thick_ct, model_file):
+def test_overwrite_keeps_the_replaced_files_mode(tmp_path, thick_head_file, tiny_model_file):
     out = tmp_path / "o.nii.gz"
-    assert main(["super-resolve", str(thick_ct), str(out), "--scale", "2", "--model", model_file,
+    assert main(["super-resolve", str(thick_head_file), str(out), "--scale", "2", "--model", tiny_model_file,
                  "--device", "cpu"]) == 0
     os.chmod(out, 0o640)
-    assert main(["super-resolve", str(thick_ct), str(out), "--scale", "3", "--model", model_file,
+    assert main(["super-resolve", str(thick_head_file), str(out), "--scale", "3", "--model", tiny_model_file,
                  "--device", "cpu", "--overwrite"]) == 0
     assert stat.S_IMODE(out.stat().st_mode) == 0o640
     assert sitk.ReadImage(str(out)).GetSize()[2] == 46
 
 
-def test_worker_output_gets_the_umask_mode(tmp_path, thick_ct, model_file):
+def test_worker_output_gets_the_umask_mode(tmp_path, thick_head_file, tiny_model_file):
     from cycleinr import worker
 
     out = tmp_path / "o.nrrd"
     previous = os.umask(0o022)
     try:
-        args = worker.build_parser().parse_args(["--input", str(thick_ct), "--output", str(out), "--scale", "2",
-                                                 "--model", model_file, "--device", "cpu"])
+        args = worker.build_parser().parse_args(["--input", str(thick_head_file), "--output", str(out), "--scale", "2",
+                                                 "--model", tiny_model_file, "--device", "cpu"])
         assert worker.run(args, stream=open(os.devnull, "w")) == 0
     finally:
         os.umask(previous)
@@ -399,9 +375,9 @@ def test_constant_regions_of_a_real_ct_stay_exactly_constant(tiny_model):
 @pytest.mark.parametrize("option", [["--skip-below", "nan"], ["--skip-below", "inf"], ["--scale", "inf"],
                                     ["--scale", "nan"], ["--spacing", "nan"], ["--tile-size", "0"],
                                     ["--halo", "-1"]])
-def test_cli_refuses_non_finite_numbers(tmp_path, thick_ct, option):
+def test_cli_refuses_non_finite_numbers(tmp_path, thick_head_file, option):
     scale = [] if option[0] in ("--scale", "--spacing") else ["--scale", "2"]
-    done = _cycleinr("super-resolve", thick_ct, tmp_path / "o.nii.gz", *scale, *option)
+    done = _cycleinr("super-resolve", thick_head_file, tmp_path / "o.nii.gz", *scale, *option)
     assert done.returncode == 2
     assert option[0] in done.stderr.splitlines()[-1]
     assert list(tmp_path.iterdir()) == []
@@ -435,7 +411,7 @@ def test_sigterm_and_sigint_cancel_cleanly(tmp_path, signum, code):
 
 
 @pytest.mark.slow
-def test_kill_during_the_write_leaves_nothing_a_later_run_does_not_clean(tmp_path, thick_ct, model_file):
+def test_kill_during_the_write_leaves_nothing_a_later_run_does_not_clean(tmp_path, thick_head_file, tiny_model_file):
     out = tmp_path / "o.nii.gz"
     run = _start("super-resolve", HEAD_CT, out, "--scale", "5", "--device", "cpu")
     seen = _wait_for(lambda: any(".partial" in p.name for p in tmp_path.iterdir()), 300, step=0.001)
@@ -445,8 +421,8 @@ def test_kill_during_the_write_leaves_nothing_a_later_run_does_not_clean(tmp_pat
     assert not out.exists()
     assert _hidden(tmp_path)  # the dead writer's temporary (and claim) are there
     # a later run into the same folder removes them (their writer is dead), and writes its own
-    assert main(["super-resolve", str(thick_ct), str(tmp_path / "other.nii.gz"), "--scale", "2", "--model",
-                 model_file, "--device", "cpu"]) == 0
+    assert main(["super-resolve", str(thick_head_file), str(tmp_path / "other.nii.gz"), "--scale", "2", "--model",
+                 tiny_model_file, "--device", "cpu"]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["other.nii.gz"]
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
+from .metrics import CT_ANATOMY_HU  # the body's bounding box: voxels above this level
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,6 @@ def profile_for(spacing: float, thickness: float | None = None, source: str | No
 ESTIMATE_RATIOS = (0.2, 0.35, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0)
 SPECTRUM_SEGMENT = 16      # samples per Welch segment, at the slice spacing
 SPECTRUM_LINES = 20_000    # lines per spectrum (a strided subset of the volume's)
-CT_BODY_HU = -924.0        # the body's bounding box: voxels above this (the metrics' anatomy level)
 CT_TISSUE_HU = -500.0      # a segment counts when at least half its samples are above this
 TISSUE_SHARE = 0.5
 
@@ -122,10 +122,10 @@ def estimate_profile(volume: np.ndarray, spacing, slice_axis: int) -> SliceProfi
     volume = np.asarray(volume)
     axis = int(slice_axis)
     in_plane = [a for a in range(3) if a != axis]
-    body = np.nonzero(volume > CT_BODY_HU)
+    body = np.nonzero(volume > CT_ANATOMY_HU)
     if not len(body[0]):
         raise InputError("the slice thickness cannot be measured: the volume holds no tissue above "
-                         f"{CT_BODY_HU:g} HU")
+                         f"{CT_ANATOMY_HU:g} HU")
     box = tuple(slice(int(index.min()), int(index.max()) + 1) for index in body)
     volume = np.clip(volume[box].astype(np.float32), -1024.0, 3071.0)
     if volume.shape[axis] < SPECTRUM_SEGMENT:
