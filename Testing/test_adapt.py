@@ -172,6 +172,45 @@ def test_the_slice_axis_check_scores_real_acquired_slices_and_sees_a_damaged_mod
     assert slice_axis_psnr(volume[:4], spacing, 0, base, "cpu", intensities) is None  # too few slices
 
 
+def test_the_slice_axis_check_averages_thin_predictions_over_a_slab():
+    """Contiguous slabs: a thin-slice model is judged by its fine slices averaged over the dropped
+    slab, which must match the slab better than its one thin slice does, and a damaged model
+    must still score lower."""
+    from cycleinr.api import pick_model
+    from cycleinr.normalise import intensity_map
+    from cycleinr.weights import LoadedModel
+
+    volume, spacing = _array(HEAD_CT)  # 1.5 mm slices of a real head CT, made 4.5 mm slabs
+    count = volume.shape[0] // 3 * 3
+    slabs = volume[:count].astype(np.float32).reshape(count // 3, 3, *volume.shape[1:]).mean(axis=1)
+    slab_spacing = (spacing[0] * 3, spacing[1], spacing[2])
+    base = pick_model(None, torch.device("cpu"))
+    intensities = intensity_map(slabs, base.info.normalisation)
+    as_thin = slice_axis_psnr(slabs, slab_spacing, 0, base, "cpu", intensities)
+    as_slab = slice_axis_psnr(slabs, slab_spacing, 0, base, "cpu", intensities, thickness=slab_spacing[0])
+    assert as_slab > as_thin + 0.1
+    thin_thickness = slice_axis_psnr(slabs, slab_spacing, 0, base, "cpu", intensities, thickness=1.5)
+    assert thin_thickness == as_thin  # thinner than the spacing: compared as they are
+    damaged = LoadedModel(__import__("copy").deepcopy(base.network), base.info, None)
+    with torch.no_grad():
+        for parameter in damaged.network.parameters():
+            parameter.mul_(1.5)
+    assert slice_axis_psnr(slabs, slab_spacing, 0, damaged, "cpu", intensities, thickness=slab_spacing[0]) < as_slab
+
+
+def test_the_detail_term_is_off_for_slabs_and_on_for_gaps(thick_ct, tiny_model):
+    from cycleinr.adapt import DETAIL_WEIGHT_GAPS, DETAIL_WEIGHT_SLABS, detail_weight_for
+
+    assert detail_weight_for(SliceProfile(5.0, 2.5)) == detail_weight_for(SliceProfile(2.5, 2.5)) == DETAIL_WEIGHT_SLABS
+    assert detail_weight_for(SliceProfile(1.0, 2.5)) == detail_weight_for(SliceProfile(None, 2.5)) == DETAIL_WEIGHT_GAPS
+    assert DETAIL_WEIGHT_GAPS > 0 == DETAIL_WEIGHT_SLABS
+    volume, spacing = thick_ct
+    for thickness, weight in ((5.0, DETAIL_WEIGHT_SLABS), (1.0, DETAIL_WEIGHT_GAPS)):
+        result = adapt_model(volume, spacing, 2.5, tiny_model, minutes=5, max_steps=1, lr=1e-3,
+                             min_gain_db=-np.inf, slice_thickness=thickness, device="cpu", **FAST)
+        assert result.model.info.provenance["adaptation"]["detail_weight"] == weight
+
+
 def test_an_adaptation_worse_on_the_real_slice_axis_is_not_used(thick_ct, tiny_model, monkeypatch):
     volume, spacing = thick_ct
     scores = iter([30.0, 29.5])  # base, adapted: the adapted copy loses on the real slice axis
