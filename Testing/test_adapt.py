@@ -215,13 +215,35 @@ def test_an_adaptation_worse_on_the_real_slice_axis_is_not_used(thick_ct, tiny_m
     volume, spacing = thick_ct
     scores = iter([30.0, 29.5])  # base, adapted: the adapted copy loses on the real slice axis
     monkeypatch.setattr(adapt_module, "slice_axis_psnr", lambda *args: next(scores))
+    # no thickness given, and 12 slices are too few to measure it: the profile is not known
     result = adapt_model(volume, spacing, 2.5, tiny_model, minutes=5, max_steps=2, lr=1e-3,
-                         min_gain_db=-np.inf, slice_thickness=5.0, device="cpu", **FAST)
+                         min_gain_db=-np.inf, device="cpu", **FAST)
     assert not result.adapted and result.model is tiny_model
     assert (result.slice_check_base, result.slice_check_adapted) == (30.0, 29.5)
     assert "30.00 -> 29.50 dB" in result.message()
     if result.gain_db > 0:
         assert "worse on the real slice axis" in result.message()
+
+
+def test_a_given_thickness_is_trusted_without_the_real_slice_check(thick_ct, tiny_model, monkeypatch):
+    def must_not_run(*args):
+        raise AssertionError("the real-slice check ran for a given thickness")
+
+    monkeypatch.setattr(adapt_module, "slice_axis_psnr", must_not_run)
+    volume, spacing = thick_ct
+    result = adapt_model(volume, spacing, 2.5, tiny_model, minutes=5, max_steps=2, lr=1e-3,
+                         min_gain_db=-np.inf, slice_thickness=5.0, device="cpu", **FAST)
+    assert result.adapted and result.slice_check_adapted is None
+
+
+def test_a_measured_thickness_is_checked_on_the_real_slices(tiny_model, monkeypatch):
+    calls = []
+    monkeypatch.setattr(adapt_module, "slice_axis_psnr", lambda *args: calls.append(args[-1]) or 30.0)
+    volume, spacing = _array(SAMPLE_CT)
+    volume = volume[:, 64:192, 64:192].copy()
+    result = adapt_model(volume, spacing, 2.0, tiny_model, minutes=5, max_steps=1, lr=1e-3,
+                         min_gain_db=-np.inf, device="cpu", **FAST)
+    assert result.profile.measured and calls == [pytest.approx(5.0)] * 2  # base and adapted, its thickness
 
 
 def test_cancel_during_adaptation_stops_it(thick_ct, tiny_model):

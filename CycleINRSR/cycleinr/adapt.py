@@ -53,7 +53,7 @@ class Adaptation:
     profile: SliceProfile
     base_name: str
     slice_check_base: float | None = None     # dB, acquired slices predicted from their neighbours
-    slice_check_adapted: float | None = None  # (slice_axis_psnr); None: not run
+    slice_check_adapted: float | None = None  # (slice_axis_psnr); None: not run (thickness given)
 
     @property
     def gain_db(self) -> float:
@@ -270,6 +270,10 @@ def adapt_model(volume: np.ndarray, spacing: Sequence[float], scale: float, mode
     if adapted:
         network.load_state_dict(best_state)
         network.eval()
+    # the real-slice check guards against a wrong profile: one read from the header or given
+    # is taken as true (the check judges a model on a sparser grid than the one it adapted to,
+    # and rejected true-profile slab adaptations that were better on the truth)
+    if adapted and (profile.thickness is None or profile.measured):
         candidate = LoadedModel(network, base.info, None)
         slice_check = tuple(slice_axis_psnr(volume, spacing, axis, which, torch_device, intensities,
                                             profile.thickness) for which in (base, candidate))

@@ -36,11 +36,13 @@ from .metrics import CT_ANATOMY_HU  # the body's bounding box: voxels above this
 
 @dataclass(frozen=True)
 class SliceProfile:
-    """Nominal slice thickness (None: unknown) and slice spacing in mm, and where they came from."""
+    """Nominal slice thickness (None: unknown) and slice spacing in mm, and where they came from
+    (``measured``: the thickness is ``estimate_profile``'s reading of the scan, which can be off)."""
 
     thickness: float | None
     spacing: float
     source: str = "given"
+    measured: bool = False
 
     def __post_init__(self):
         if self.thickness is not None and not (self.thickness > 0 and math.isfinite(self.thickness)):
@@ -152,7 +154,7 @@ def estimate_profile(volume: np.ndarray, spacing, slice_axis: int) -> SliceProfi
                          "axes at the slice spacing")
     ratio = min(scores, key=scores.get)
     return SliceProfile(ratio * float(spacing[axis]), float(spacing[axis]),
-                        "estimated from the scan's own spectra; give --slice-thickness to set it")
+                        "estimated from the scan's own spectra; give --slice-thickness to set it", measured=True)
 
 
 def box_weights(centre: float, width: float, count: int) -> tuple[int, np.ndarray]:
