@@ -340,3 +340,20 @@ def test_dicom_series_adapts_with_its_header_profile(tmp_path, tiny_weights):
                           env=dict(os.environ, PYTHONPATH=str(ENGINE_DIR), OMP_NUM_THREADS="1"))
     assert done.returncode == 0, done.stderr
     assert "5 mm thick every 2.5 mm (overlapping; DICOM SliceThickness and slice positions)" in done.stderr
+
+
+def test_eval_adapts_with_each_inputs_own_spacing_as_thickness(thick_ct, tiny_weights):
+    """`cycleinr eval --slice-thickness spacing`: slab averaging's true profile at every scale."""
+    import argparse
+
+    from cycleinr.commands.evaluate import thickness_value
+    from cycleinr.evaluate import adapted_method
+
+    assert thickness_value("spacing") == "spacing" and thickness_value("4.5") == 4.5
+    with pytest.raises(argparse.ArgumentTypeError):
+        thickness_value("nan")
+    volume, spacing = thick_ct
+    method = adapted_method(5, tiny_weights, "cpu", "spacing", max_steps=1, min_gain_db=-np.inf, **FAST)
+    out = method(volume, spacing, 2.5, 0)
+    assert out.shape[0] > volume.shape[0]
+    assert method.adaptations[0].profile.thickness == pytest.approx(spacing[0])

@@ -146,10 +146,11 @@ def cycleinr_method(model=None, device: str = "auto", **options) -> Method:
     return run
 
 
-def adapted_method(minutes: float, model=None, device: str = "auto", slice_thickness: float | None = None,
+def adapted_method(minutes: float, model=None, device: str = "auto", slice_thickness: float | str | None = None,
                    log: Callable[[str], None] | None = None, **adapt_options) -> Method:
     """``super_resolve(..., adapt_minutes=minutes)``: adapts to each thick input (each volume and
-    scale afresh, from the same base model) before super-resolving it, as the CLI's --adapt does."""
+    scale afresh, from the same base model) before super-resolving it, as the CLI's --adapt does.
+    ``slice_thickness`` "spacing": each thick input's own slice spacing (slab averaging's truth)."""
     from .api import pick_model, super_resolve
     from .devices import resolve_device
 
@@ -161,7 +162,9 @@ def adapted_method(minutes: float, model=None, device: str = "auto", slice_thick
             warnings.simplefilter("ignore")
             result = super_resolve(thick, thick_spacing, scale=scale, slice_axis=slice_axis, model=loaded,
                                    device=str(torch_device), adapt_minutes=minutes,
-                                   slice_thickness=slice_thickness, adapt_options=adapt_options or None)
+                                   slice_thickness=(float(thick_spacing[slice_axis]) if slice_thickness == "spacing"
+                                                    else slice_thickness),
+                                   adapt_options=adapt_options or None)
         run.adaptations.append(result.adaptation)
         if log is not None:
             log(f"x{scale:g}: {result.adaptation.message()}")

@@ -14,6 +14,13 @@ from pathlib import Path
 from . import finite_float
 
 
+def thickness_value(text: str):
+    """A thickness in mm, or 'spacing'."""
+    if text == "spacing":
+        return text
+    return finite_float(text)
+
+
 def add_arguments(parser) -> None:
     parser.add_argument("--data", nargs="+", required=True, metavar="PATH",
                         help="volume files, DICOM series folders, or folders of these")
@@ -31,9 +38,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--skip-below", type=finite_float, default=-900.0, metavar="VALUE",
                         help="for cycleinr-skip: voxels whose LR neighbours are all below VALUE (input "
                              "units) are interpolated, not run through the network (default -900: CT air)")
-    parser.add_argument("--slice-thickness", type=float, metavar="MM",
-                        help="for cycleinr-adapt: the thick slices' thickness for the slice profile "
-                             "(default: measured from a CT scan, as super-resolve --adapt does for NIfTI/NRRD)")
+    parser.add_argument("--slice-thickness", type=thickness_value, metavar="MM",
+                        help="for cycleinr-adapt: the thick slices' thickness for the slice profile, or "
+                             "'spacing' (contiguous: the thick slices' spacing at each scale, the true "
+                             "thickness of --degrade slab) (default: measured from a CT scan, as "
+                             "super-resolve --adapt does for NIfTI/NRRD)")
     parser.add_argument("--adapt-clock", default="wall", choices=["wall", "cpu"],
                         help="for cycleinr-adapt: count the minutes in wall time (as --adapt does) or in this "
                              "process's CPU time (steady figures on a busy shared machine; with "
