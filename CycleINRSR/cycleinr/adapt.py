@@ -33,7 +33,7 @@ from .geometry import choose_slice_axis
 from .metrics import guess_modality
 from .normalise import intensity_map
 from .pairs import Batch, TrainingVolume, _pad_to
-from .slice_profile import SliceProfile, box_weights, degrade_with_profile, estimate_profile, profile_for
+from .slice_profile import SliceProfile, degrade_with_profile, estimate_profile, profile_for
 
 # torch is imported where it is used: the CLI reads DEFAULT_MINUTES while building its parser
 
@@ -313,9 +313,7 @@ def detail_weight_for(profile: SliceProfile) -> float:
     axis and carry far more diagonal detail than an axial slice: the term then made the new
     slices noisier than the kept ones (CTA x5 slab, 3 min: SNLI 2.44 -> 3.34, with L1 alone
     2.44, and +0.25 dB instead of +0.15). Unknown thickness (pairs for both ends): as for gaps."""
-    if profile.thickness is not None and profile.thickness >= 0.99 * profile.spacing:
-        return DETAIL_WEIGHT_SLABS
-    return DETAIL_WEIGHT_GAPS
+    return DETAIL_WEIGHT_SLABS if profile.slabs else DETAIL_WEIGHT_GAPS
 
 
 SLICE_CHECK_SIZE = 160  # in-plane crop of the slice-axis check (voxels per side): seconds, not minutes
@@ -349,20 +347,16 @@ def slice_axis_psnr(volume: np.ndarray, spacing: Sequence[float], axis: int, mod
     kept = np.ascontiguousarray(moved[0:count:2])
     dropped = moved[1:count:2]
     kept_spacing = (2.0 * float(spacing[axis]),) + tuple(float(spacing[a]) for a in range(3) if a != axis)
-    slab = thickness is not None and thickness >= 0.99 * float(spacing[axis])
-    if not slab:
+    profile = SliceProfile(thickness, float(spacing[axis]))
+    if not profile.slabs:
         predicted = super_resolve(kept, kept_spacing, scale=2.0, slice_axis=0, model=model,
                                   device=str(device)).array[1::2]
-    else:
+    else:  # the dropped slices' boxes, centred on fine index step * (2 k + 1), as the pairs are made
         step = SLAB_CHECK_SUBDIVISION
         fine = super_resolve(kept, kept_spacing, scale=2.0 * step, slice_axis=0, model=model,
                              device=str(device)).array
-        width = step * float(thickness) / float(spacing[axis])
-        predicted = np.empty(dropped.shape, dtype=np.float32)
-        for index in range(dropped.shape[0]):
-            start, weights = box_weights(step * (2 * index + 1), width, fine.shape[0])
-            predicted[index] = np.tensordot(weights.astype(np.float32), fine[start:start + len(weights)],
-                                            axes=(0, 0))
+        predicted = degrade_with_profile(fine, 2.0 * step, profile.width(step), first=step,
+                                         slices=dropped.shape[0])
     error = intensities.forward(predicted) - intensities.forward(dropped)
     mse = max(float(np.mean(error.astype(np.float64) ** 2)), 1e-12)
     return 10.0 * math.log10(1.0 / mse)

@@ -63,11 +63,16 @@ class SliceProfile:
             return (1.0, float(scale))
         return (self.width(scale),)
 
+    @property
+    def slabs(self) -> bool:
+        """Contiguous or overlapping slices (slab means), as opposed to thin slices with gaps."""
+        return self.thickness is not None and self.thickness / self.spacing >= 0.99
+
     def describe(self) -> str:
         if self.thickness is None:
             return f"every {self.spacing:g} mm, thickness unknown: thin to contiguous slices ({self.source})"
         ratio = self.thickness / self.spacing
-        kind = "overlapping" if ratio > 1.01 else "with gaps" if ratio < 0.99 else "contiguous"
+        kind = "overlapping" if ratio > 1.01 else "contiguous" if self.slabs else "with gaps"
         return f"{self.thickness:g} mm thick every {self.spacing:g} mm ({kind}; {self.source})"
 
 
