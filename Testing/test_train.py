@@ -11,7 +11,7 @@ from conftest import HEAD_CT
 
 from cycleinr.config import preset
 from cycleinr.errors import Cancelled
-from cycleinr.model import build_model
+from cycleinr.model import build_model, use_channels_last
 from cycleinr.pairs import PairSampler
 from cycleinr.train import TrainOptions, cycle_loss_terms, load_training_volumes, slice_detail, train
 
@@ -80,6 +80,27 @@ def test_cycle_term_encodes_the_generated_patch_again():
     weight = (index - low).view(1, 1, -1, 1, 1)
     interpolated = second[:, :, low] * (1 - weight) + second[:, :, high] * weight
     assert not torch.isclose(cycle, torch.nn.functional.l1_loss(interpolated, lr), atol=1e-5)
+
+
+def test_channels_last_training_matches_the_default_layout():
+    """Training runs the encoder channels-last (faster 3D convolutions): same loss and gradients
+    up to float summation order, and the latent really comes out in that layout."""
+    import copy
+
+    lr, hr, positions, scale = head_batch()
+    torch.manual_seed(0)
+    plain = build_model(preset("tiny"))
+    fast = use_channels_last(copy.deepcopy(plain))
+    assert fast.encode(lr).is_contiguous(memory_format=torch.channels_last_3d)
+    assert plain.encode(lr).is_contiguous()
+    losses = []
+    for network in (plain, fast):
+        total = cycle_loss_terms(network, lr, hr, positions, scale, 0.0, 3.0)[0]
+        total.backward()
+        losses.append(total.item())
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    for (name, a), b in zip(plain.named_parameters(), fast.parameters()):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-3, atol=1e-6), name
 
 
 def test_no_cycle_has_zero_cycle_loss_and_cycle_adds_it(tmp_path):

@@ -189,6 +189,7 @@ def adapt_model(volume: np.ndarray, spacing: Sequence[float], scale: float, mode
 
     from .api import pick_model
     from .devices import resolve_device
+    from .model import use_channels_last
     from .train import backward_on_batch
     from .weights import LoadedModel
 
@@ -234,7 +235,7 @@ def adapt_model(volume: np.ndarray, spacing: Sequence[float], scale: float, mode
     keep = _new_slice_mask(held_back.hr_slices, scale)
     sampler = ProfilePairs(parts, scale, widths, lr_slices, patch, batch_size, seed)
 
-    network = copy.deepcopy(base.network).to(torch_device)
+    network = use_channels_last(copy.deepcopy(base.network).to(torch_device))
     base_psnr = validation_psnr(network, batches, torch_device, keep)
     best_psnr, best_state = -math.inf, None
     if log is not None:

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from .config import CT_NORMALISATION, MR_NORMALISATION, ModelInfo, Normalisation, preset
 from .errors import Cancelled, InputError, OutputError
-from .model import CycleINR, build_model
+from .model import CycleINR, build_model, use_channels_last
 from .normalise import intensity_map
 from .pairs import Batch, PairSampler, TrainingVolume, fine_axes
 from .weights import load_model, save_model
@@ -203,7 +203,7 @@ def train(options: TrainOptions, progress: Callable[[float], None] | None = None
 
     torch.manual_seed(options.seed)
     network, info = _initial_network(options)
-    network.to(torch_device).train()
+    use_channels_last(network.to(torch_device)).train()
     optimiser = torch.optim.Adam(network.parameters(), lr=options.lr)
 
     volumes = load_training_volumes(options.data, info.normalisation, options.fine_spacing)
@@ -401,7 +401,7 @@ def _resume(run_dir: Path, network: CycleINR, optimiser, sampler: PairSampler, r
         entry = {}
         for key in ("exp_avg", "exp_avg_sq"):
             if f"{index}.{key}" in tensors:
-                entry[key] = tensors[f"{index}.{key}"].to(device)
+                entry[key] = torch.empty_like(param).copy_(tensors[f"{index}.{key}"])  # param's layout
         if f"{index}.step" in scalars:
             entry["step"] = torch.tensor(scalars[f"{index}.step"])
         if entry:
