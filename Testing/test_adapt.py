@@ -15,7 +15,7 @@ import torch
 from conftest import ENGINE_DIR, HEAD_CT, REPO, SAMPLE_CT, SHARED_DATA
 
 import cycleinr.adapt as adapt_module
-from cycleinr.adapt import adapt_model, slice_axis_psnr
+from cycleinr.adapt import adapt_model, slice_axis_psnr, thin_if_gaps
 from cycleinr.api import super_resolve
 from cycleinr.cli import main
 from cycleinr.errors import Cancelled, InputError
@@ -93,6 +93,19 @@ def test_thin_ct_made_thick_measures_gaps_when_sampled_and_contiguous_when_avera
     contiguous = estimate_profile(averaged, thick_spacing, 0)
     assert gaps.thickness / gaps.spacing <= 0.5 and "gaps" in gaps.describe()
     assert 0.75 <= contiguous.thickness / contiguous.spacing <= 1.25
+
+
+def test_measured_gaps_are_taken_as_thin_slices_at_the_scale(tiny_model):
+    """The estimate tells gaps from slabs, not one gap width from another: pairs are made thin."""
+    volume, spacing = _array(HEAD_CT)  # 1.5 mm slices of a real head CT, every 3rd kept
+    count = volume.shape[0] // 3 * 3
+    sampled, thick_spacing = volume[:count:3].copy(), (spacing[0] * 3, spacing[1], spacing[2])
+    result = adapt_model(sampled, thick_spacing, 3.0, tiny_model, minutes=5, max_steps=1, device="cpu", **FAST)
+    assert result.profile.measured and result.profile.thickness == pytest.approx(spacing[0])
+    assert "taken as thin" in result.message() and result.profile.width(3.0) == pytest.approx(1.0)
+    given = SliceProfile(2.0, 4.5)
+    slabs = SliceProfile(4.5, 4.5, "estimated", measured=True)
+    assert thin_if_gaps(given, 3.0) is given and thin_if_gaps(slabs, 3.0) is slabs
 
 
 def test_a_profile_that_cannot_be_measured_is_refused_with_the_reason(thick_ct):
