@@ -108,6 +108,38 @@ def test_measured_gaps_are_taken_as_thin_slices_at_the_scale(tiny_model):
     assert thin_if_gaps(given, 3.0) is given and thin_if_gaps(slabs, 3.0) is slabs
 
 
+def test_adaptation_patches_of_air_are_drawn_again(thick_ct):
+    """A field of view that is mostly air: with min_foreground the pairs hold tissue."""
+    from cycleinr.adapt import ProfilePairs
+    from cycleinr.normalise import intensity_map
+    from cycleinr.pairs import TrainingVolume, _foreground
+    from cycleinr.config import CT_NORMALISATION
+
+    volume, spacing = thick_ct  # a real chest crop, placed in a field of air three times as wide
+    wide = np.full((volume.shape[0], 3 * volume.shape[1], 3 * volume.shape[2]), -1024.0, np.float32)
+    wide[:, :volume.shape[1], :volume.shape[2]] = volume
+    intensities = intensity_map(wide, CT_NORMALISATION)
+    source = TrainingVolume("wide", wide, spacing, (1, 2), intensities)
+
+    def tissue_share(min_foreground):
+        pairs = ProfilePairs([source], 3.0, (1.0,), 4, 24, 4, seed=0, min_foreground=min_foreground)
+        shares = [float((batch.hr > 0.05).mean()) for batch in (pairs.sample() for _ in range(20))]
+        return float(np.mean(shares))
+
+    assert tissue_share(0.0) < 0.25  # most random patches are air
+    assert tissue_share(0.3) > 0.5
+    assert _foreground(source, wide[:, :24, :24]) > 0.3
+
+
+def test_the_learning_rate_warms_up_then_decays_to_zero_over_the_budget():
+    from cycleinr.adapt import WARM_UP, learning_rate_factor
+    rising = [learning_rate_factor(f * WARM_UP) for f in (0.0, 0.5, 1.0)]
+    assert 0 < rising[0] < rising[1] < rising[2] == pytest.approx(1.0)
+    falling = [learning_rate_factor(f) for f in (0.25, 0.5, 0.75, 1.0, 1.5)]
+    assert all(a > b for a, b in zip(falling, falling[1:4])) and falling[3] == pytest.approx(0.0)
+    assert falling[4] == pytest.approx(0.0)  # past the budget (the last check): nothing more
+
+
 def test_a_profile_that_cannot_be_measured_is_refused_with_the_reason(thick_ct):
     volume, spacing = thick_ct
     with pytest.raises(InputError, match="from 12 slices"):

@@ -103,6 +103,22 @@ def test_channels_last_training_matches_the_default_layout():
         assert torch.allclose(a.grad, b.grad, rtol=1e-3, atol=1e-6), name
 
 
+def test_target_slices_leave_the_other_slices_out_of_the_loss():
+    """Adaptation trains only the new slices: what the target says at the others must not count."""
+    torch.manual_seed(0)
+    network = build_model(preset("tiny"))
+    lr, hr, positions, scale = head_batch()
+    chosen = torch.zeros(hr.shape[2], dtype=torch.bool)
+    chosen[1::2] = True
+    changed = hr.clone()
+    changed[:, :, ~chosen] += 0.5
+    masked = [cycle_loss_terms(network, lr, target, positions, scale, 0.0, 3.0, chosen)
+              for target in (hr, changed)]
+    assert masked[0][1] == pytest.approx(masked[1][1].item()) and masked[0][3] == pytest.approx(masked[1][3].item())
+    whole = cycle_loss_terms(network, lr, changed, positions, scale, 0.0, 3.0)
+    assert whole[1] > masked[1][1] + 0.1  # without the mask the changed slices do count
+
+
 def test_no_cycle_has_zero_cycle_loss_and_cycle_adds_it(tmp_path):
     train(tiny_options(tmp_path / "plain", cycle_weight=0.0, steps=2), log=quiet)
     train(tiny_options(tmp_path / "cycle", cycle_weight=1.0, steps=2), log=quiet)

@@ -32,7 +32,7 @@ from .errors import Cancelled, InputError
 from .geometry import choose_slice_axis
 from .metrics import guess_modality
 from .normalise import intensity_map
-from .pairs import Batch, TrainingVolume, _pad_to
+from .pairs import _FOREGROUND_TRIES, Batch, TrainingVolume, _foreground, _pad_to
 from .slice_profile import SliceProfile, degrade_with_profile, estimate_profile, profile_for
 
 # torch is imported where it is used: the CLI reads DEFAULT_MINUTES while building its parser
@@ -79,10 +79,13 @@ class ProfilePairs:
     Like ``pairs.PairSampler`` (random axis, position, flips and transposes; the patch is turned
     so the fine axis is the network's slice axis), but the factor is fixed and the fine data
     around each patch is cut ``margin`` samples wider so that every LR slice's box is whole.
+    Patches that are mostly air are drawn again (``min_foreground``, as in training): a full
+    field of view is often half air, where a step teaches nothing and a held-back patch scores
+    both models alike.
     """
 
     def __init__(self, volumes: list[TrainingVolume], scale: float, widths: Sequence[float], lr_slices: int,
-                 patch: int, batch_size: int, seed: int) -> None:
+                 patch: int, batch_size: int, seed: int, min_foreground: float = 0.0) -> None:
         self.volumes = [v for v in volumes if v.fine_axes]
         if not self.volumes:
             raise InputError("the volume is too small to cut adaptation patches from")
@@ -92,6 +95,7 @@ class ProfilePairs:
         self.hr_slices = int(math.floor((lr_slices - 1) * scale + 1e-6)) + 1
         self.span = int(math.ceil((lr_slices - 1) * scale - 1e-6)) + 1 + 2 * self.margin
         self.rng = np.random.default_rng(seed)
+        self.min_foreground = float(min_foreground)
         sizes = np.array([v.array.size for v in self.volumes], dtype=float)
         self.weights = sizes / sizes.sum()
 
@@ -101,12 +105,15 @@ class ProfilePairs:
         width = self.widths[int(rng.integers(len(self.widths)))]  # one profile per batch
         lr_list, hr_list = [], []
         for _ in range(self.batch_size):
-            volume = self.volumes[int(rng.choice(len(self.volumes), p=self.weights))]
-            moved = np.moveaxis(volume.array, int(rng.choice(volume.fine_axes)), 0)
-            starts = [int(rng.integers(0, max(1, size - want + 1))) for size, want in zip(moved.shape, extent)]
-            flips = rng.random(4) < 0.5
-            block = moved[starts[0]:starts[0] + extent[0], starts[1]:starts[1] + extent[1],
-                          starts[2]:starts[2] + extent[2]]
+            for _attempt in range(_FOREGROUND_TRIES):
+                volume = self.volumes[int(rng.choice(len(self.volumes), p=self.weights))]
+                moved = np.moveaxis(volume.array, int(rng.choice(volume.fine_axes)), 0)
+                starts = [int(rng.integers(0, max(1, size - want + 1))) for size, want in zip(moved.shape, extent)]
+                flips = rng.random(4) < 0.5
+                block = moved[starts[0]:starts[0] + extent[0], starts[1]:starts[1] + extent[1],
+                              starts[2]:starts[2] + extent[2]]
+                if not self.min_foreground or _foreground(volume, block) >= self.min_foreground:
+                    break
             block = _pad_to(volume.intensities.forward(block), extent)
             if flips[0]:
                 block = block[:, ::-1]
@@ -171,6 +178,7 @@ def adapt_model(volume: np.ndarray, spacing: Sequence[float], scale: float, mode
                 lr: float = 3e-4, cycle_weight: float = 0.0, detail_weight: float | None = None,
                 batch_size: int = 4, lr_slices: int = 6, patch: int = 24, checks: int = 4,
                 validation_fraction: float = 0.2, validation_patches: int = 24, min_gain_db: float = 0.01,
+                min_foreground: float = 0.3, keep_acquired: bool = True,
                 max_steps: int | None = None, seed: int = 0, device: str = "auto", clock: str = "wall",
                 progress: Callable[[float], None] | None = None, cancel=None,
                 log: Callable[[str], None] | None = None) -> Adaptation:
@@ -183,7 +191,12 @@ def adapt_model(volume: np.ndarray, spacing: Sequence[float], scale: float, mode
     time used; ``cancel`` (callable or Event) raises ``Cancelled`` within one step. ``clock``
     "wall" (default) counts wall time; "cpu" counts this process's CPU time, so that a
     measurement on a busy shared machine gets the steps the same minutes give on an idle one.
-    ``detail_weight`` None: chosen from the profile (``detail_weight_for``).
+    ``detail_weight`` None: chosen from the profile (``detail_weight_for``). ``min_foreground``:
+    patches with less than this fraction of tissue are drawn again (``ProfilePairs``).
+    ``keep_acquired`` (as in ``super_resolve``): the output copies the slices that lie on acquired
+    ones, so only the new slices are trained on (and scored). The learning rate warms up over
+    the first ``WARM_UP`` of the time and then follows a cosine to zero at its end
+    (``learning_rate_factor``): the last states, which the checks pick from, are then settled.
     """
     import torch
 
@@ -230,10 +243,11 @@ def adapt_model(volume: np.ndarray, spacing: Sequence[float], scale: float, mode
         raise InputError(f"the volume {volume.shape} is too small to adapt on at x{scale:g}: its in-plane "
                          f"axes need at least {2 * probe.span + patch} voxels")
     held_back = ProfilePairs([TrainingVolume("held back", band, tuple(spacing), band_axes, intensities)],
-                             scale, widths, lr_slices, patch, batch_size, seed + 1)
+                             scale, widths, lr_slices, patch, batch_size, seed + 1, min_foreground)
     batches = [held_back.sample() for _ in range(max(1, validation_patches // batch_size))]
     keep = _new_slice_mask(held_back.hr_slices, scale)
-    sampler = ProfilePairs(parts, scale, widths, lr_slices, patch, batch_size, seed)
+    sampler = ProfilePairs(parts, scale, widths, lr_slices, patch, batch_size, seed, min_foreground)
+    target_slices = torch.from_numpy(keep).to(torch_device) if keep_acquired and keep.any() else None
 
     network = use_channels_last(copy.deepcopy(base.network).to(torch_device))
     base_psnr = validation_psnr(network, batches, torch_device, keep)
@@ -259,8 +273,11 @@ def adapt_model(volume: np.ndarray, spacing: Sequence[float], scale: float, mode
         if should_stop():
             raise Cancelled(f"adaptation cancelled at step {step}")
         network.train()
+        for group in optimiser.param_groups:
+            group["lr"] = lr * learning_rate_factor(done)
         optimiser.zero_grad(set_to_none=True)
-        backward_on_batch(network, sampler.sample(), cycle_weight, torch_device, use_amp, detail_weight)
+        backward_on_batch(network, sampler.sample(), cycle_weight, torch_device, use_amp, detail_weight,
+                          target_slices)
         optimiser.step()
         step += 1
         if progress is not None:
@@ -298,6 +315,21 @@ def adapt_model(volume: np.ndarray, spacing: Sequence[float], scale: float, mode
     if log is not None:
         log(result.message())
     return result
+
+
+WARM_UP = 0.04  # share of the adaptation time over which the learning rate rises
+
+
+def learning_rate_factor(done: float) -> float:
+    """Warm-up then cosine decay over the time budget. Measured at a fixed 450 steps (x5 interval,
+    true thickness, lr 3e-4; gains of the new slices on the thin truth): constant rate
+    +0.16 / +0.26 dB on the colonography crop (two seeds), +0.07 / +0.15 on LIDC-0002; this
+    schedule +0.20 / +0.13, and with only the new slices trained on +0.34 / +0.12 dB, SNLI
+    4.50 -> 4.42 on the colonography crop (README, fifth measurement)."""
+    done = min(max(done, 0.0), 1.0)
+    if done < WARM_UP:
+        return max(done / WARM_UP, 0.02)
+    return 0.5 * (1.0 + math.cos(math.pi * (done - WARM_UP) / (1.0 - WARM_UP)))
 
 
 def thin_if_gaps(profile: SliceProfile, scale: float) -> SliceProfile:

@@ -114,7 +114,7 @@ def super_resolve(volume: np.ndarray, spacing: Sequence[float], scale: float | N
         share, progress = phase_progress(progress, adapt_minutes, grid.voxels, torch_device)
         adaptation = adapt_model(volume, spacing, grid.scale, loaded, adapt_minutes, grid.slice_axis,
                                  slice_thickness, device=str(torch_device), progress=share, cancel=cancel,
-                                 log=log, **(adapt_options or {}))
+                                 log=log, **{"keep_acquired": keep_acquired, **(adapt_options or {})})
         loaded = adaptation.model
         notes.append(adaptation.message())
     elif save_model is not None or slice_thickness is not None:

@@ -126,7 +126,8 @@ def slice_detail(volume: torch.Tensor) -> torch.Tensor:
 
 
 def cycle_loss_terms(network, lr: torch.Tensor, hr: torch.Tensor, positions: torch.Tensor,
-                     scale: float, cycle_weight: float, detail_weight: float = 0.0):
+                     scale: float, cycle_weight: float, detail_weight: float = 0.0,
+                     target_slices: torch.Tensor | None = None):
     """(total, inr, cycle, detail) for one batch. ``network`` may be DDP-wrapped.
 
     The cycle term calls the network a second time on the *generated* HR patch (a new encoding,
@@ -136,13 +137,18 @@ def cycle_loss_terms(network, lr: torch.Tensor, hr: torch.Tensor, positions: tor
     which smooths away the unpredictable noise, so new slices come out smoother than the acquired
     ones and the slice-to-slice noise level swings (SNLI); this term asks each new slice to carry
     as much fine detail as the real slice at its place, without asking for the same noise.
+    ``target_slices`` (bool per HR slice; None: all) limits the L1 and detail terms to those
+    slices: adaptation scores only the new ones, as the output keeps the acquired ones.
     """
     generated = network(lr, positions, 1.0 / scale)
-    inr = F.l1_loss(generated, hr)
+    scored, target = generated, hr
+    if target_slices is not None:
+        scored, target = generated[:, :, target_slices], hr[:, :, target_slices]
+    inr = F.l1_loss(scored, target)
     zero = torch.zeros((), device=lr.device)
     total, cycle, detail = inr, zero, zero
     if detail_weight > 0:
-        detail = F.l1_loss(slice_detail(generated.float()), slice_detail(hr.float()))
+        detail = F.l1_loss(slice_detail(scored.float()), slice_detail(target.float()))
         total = total + detail_weight * detail
     if cycle_weight > 0:
         lr_positions = torch.arange(lr.shape[2], device=lr.device, dtype=torch.float32) * scale
@@ -154,7 +160,8 @@ def cycle_loss_terms(network, lr: torch.Tensor, hr: torch.Tensor, positions: tor
 
 
 def backward_on_batch(model, batch: Batch, cycle_weight: float, device: torch.device,
-                      use_amp: bool = False, detail_weight: float = 0.0):
+                      use_amp: bool = False, detail_weight: float = 0.0,
+                      target_slices: torch.Tensor | None = None):
     """Forward both passes and backpropagate; gradients accumulate in ``model`` (DDP averages
     them over processes here). Returns the (total, inr, cycle, detail) loss tensors."""
     lr_tensor = torch.from_numpy(batch.lr).to(device)
@@ -162,7 +169,7 @@ def backward_on_batch(model, batch: Batch, cycle_weight: float, device: torch.de
     positions = torch.from_numpy(batch.hr_positions).float().to(device)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
         loss, inr, cycle, detail = cycle_loss_terms(model, lr_tensor, hr_tensor, positions, batch.scale,
-                                                    cycle_weight, detail_weight)
+                                                    cycle_weight, detail_weight, target_slices)
     loss.backward()
     return loss.detach(), inr, cycle, detail
 
