@@ -32,7 +32,7 @@ from .errors import Cancelled, InputError
 from .geometry import choose_slice_axis
 from .metrics import guess_modality
 from .normalise import intensity_map
-from .pairs import _FOREGROUND_TRIES, Batch, TrainingVolume, _foreground, _pad_to
+from .pairs import Batch, TrainingVolume, _pad_to, draw_patch
 from .slice_profile import SliceProfile, degrade_with_profile, estimate_profile, profile_for
 
 # torch is imported where it is used: the CLI reads DEFAULT_MINUTES while building its parser
@@ -105,15 +105,7 @@ class ProfilePairs:
         width = self.widths[int(rng.integers(len(self.widths)))]  # one profile per batch
         lr_list, hr_list = [], []
         for _ in range(self.batch_size):
-            for _attempt in range(_FOREGROUND_TRIES):
-                volume = self.volumes[int(rng.choice(len(self.volumes), p=self.weights))]
-                moved = np.moveaxis(volume.array, int(rng.choice(volume.fine_axes)), 0)
-                starts = [int(rng.integers(0, max(1, size - want + 1))) for size, want in zip(moved.shape, extent)]
-                flips = rng.random(4) < 0.5
-                block = moved[starts[0]:starts[0] + extent[0], starts[1]:starts[1] + extent[1],
-                              starts[2]:starts[2] + extent[2]]
-                if not self.min_foreground or _foreground(volume, block) >= self.min_foreground:
-                    break
+            volume, block, flips = draw_patch(rng, self.volumes, self.weights, extent, self.min_foreground)
             block = _pad_to(volume.intensities.forward(block), extent)
             if flips[0]:
                 block = block[:, ::-1]

@@ -129,17 +129,8 @@ class PairSampler:
         extent = (int(math.ceil((self.lr_slices - 1) * scale - 1e-6)) + 1, self.patch, self.patch)
         lr_list, hr_list = [], []
         for index in range(self.batch_size * parts):
-            for _attempt in range(_FOREGROUND_TRIES):
-                volume = self.volumes[int(rng.choice(len(self.volumes), p=self.volume_weights))]
-                axis = int(rng.choice(volume.fine_axes))
-                moved = np.moveaxis(volume.array, axis, 0)
-                starts = [int(rng.integers(0, max(1, size - want + 1))) for size, want in zip(moved.shape, extent)]
-                flips = rng.random(4) < 0.5
-                block = moved[starts[0]:starts[0] + extent[0], starts[1]:starts[1] + extent[1],
-                              starts[2]:starts[2] + extent[2]]
-                # every process tests every patch of the global batch, so all draw alike (DDP)
-                if not self.min_foreground or _foreground(volume, block) >= self.min_foreground:
-                    break
+            # every process draws every patch of the global batch, so all draw alike (DDP)
+            volume, block, flips = draw_patch(rng, self.volumes, self.volume_weights, extent, self.min_foreground)
             if index // self.batch_size != part:
                 continue  # another process's patch: its random draws are consumed all the same
             block = _pad_to(volume.intensities.forward(block), extent)
@@ -160,6 +151,21 @@ class PairSampler:
 
 _FOREGROUND_TRIES = 10      # draws per patch before an air patch is accepted anyway
 _FOREGROUND_LEVEL = 0.05    # normalised intensity above background (CT window: about -820 HU)
+
+
+def draw_patch(rng, volumes, weights, extent, min_foreground: float = 0.0):
+    """(volume, block, flips): a random patch of ``extent`` along a random fine axis (moved to
+    the front), drawn again up to ``_FOREGROUND_TRIES`` times while it is mostly background."""
+    for _attempt in range(_FOREGROUND_TRIES):
+        volume = volumes[int(rng.choice(len(volumes), p=weights))]
+        moved = np.moveaxis(volume.array, int(rng.choice(volume.fine_axes)), 0)
+        starts = [int(rng.integers(0, max(1, size - want + 1))) for size, want in zip(moved.shape, extent)]
+        flips = rng.random(4) < 0.5
+        block = moved[starts[0]:starts[0] + extent[0], starts[1]:starts[1] + extent[1],
+                      starts[2]:starts[2] + extent[2]]
+        if not min_foreground or _foreground(volume, block) >= min_foreground:
+            break
+    return volume, block, flips
 
 
 def _foreground(volume: TrainingVolume, block: np.ndarray) -> float:
