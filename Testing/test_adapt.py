@@ -256,6 +256,25 @@ def test_the_detail_term_is_off_for_slabs_and_on_for_gaps(thick_ct, tiny_model):
         assert result.model.info.provenance["adaptation"]["detail_weight"] == weight
 
 
+def test_gaps_train_the_new_slices_only_and_slabs_all_slices(thick_ct, tiny_model, monkeypatch):
+    import cycleinr.train as train_module
+    seen = []
+    real = train_module.backward_on_batch
+
+    def recording(*args, **kwargs):
+        seen.append(args[-1] if len(args) > 6 else kwargs.get("target_slices"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "backward_on_batch", recording)
+    volume, spacing = thick_ct
+    for thickness in (1.0, 5.0):
+        adapt_model(volume, spacing, 2.0, tiny_model, minutes=5, max_steps=1, slice_thickness=thickness,
+                    device="cpu", **FAST)
+    gaps, slabs = seen
+    assert gaps is not None and not gaps[0] and gaps[1] and not gaps[2]  # x2: every other slice is new
+    assert slabs is None
+
+
 def test_an_adaptation_worse_on_the_real_slice_axis_is_not_used(thick_ct, tiny_model, monkeypatch):
     volume, spacing = thick_ct
     scores = iter([30.0, 29.5])  # base, adapted: the adapted copy loses on the real slice axis

@@ -186,7 +186,9 @@ def adapt_model(volume: np.ndarray, spacing: Sequence[float], scale: float, mode
     ``detail_weight`` None: chosen from the profile (``detail_weight_for``). ``min_foreground``:
     patches with less than this fraction of tissue are drawn again (``ProfilePairs``).
     ``keep_acquired`` (as in ``super_resolve``): the output copies the slices that lie on acquired
-    ones, so only the new slices are trained on (and scored). The learning rate warms up over
+    ones, so for thin slices with gaps only the new slices are trained on (all are scored that
+    way). Slab profiles train on all slices: on the slab-averaged CTA at x5 (3 min, two cores)
+    new slices only gave the same PSNR (31.37 vs 31.36 dB) with SNLI 2.52 against 2.45 (base 2.44). The learning rate warms up over
     the first ``WARM_UP`` of the time and then follows a cosine to zero at its end
     (``learning_rate_factor``): the last states, which the checks pick from, are then settled.
     """
@@ -239,7 +241,8 @@ def adapt_model(volume: np.ndarray, spacing: Sequence[float], scale: float, mode
     batches = [held_back.sample() for _ in range(max(1, validation_patches // batch_size))]
     keep = _new_slice_mask(held_back.hr_slices, scale)
     sampler = ProfilePairs(parts, scale, widths, lr_slices, patch, batch_size, seed, min_foreground)
-    target_slices = torch.from_numpy(keep).to(torch_device) if keep_acquired and keep.any() else None
+    new_only = keep_acquired and keep.any() and not profile.slabs  # see the docstring
+    target_slices = torch.from_numpy(keep).to(torch_device) if new_only else None
 
     network = use_channels_last(copy.deepcopy(base.network).to(torch_device))
     base_psnr = validation_psnr(network, batches, torch_device, keep)
