@@ -186,10 +186,10 @@ def adapt_model(volume: np.ndarray, spacing: Sequence[float], scale: float, mode
     ``detail_weight`` None: chosen from the profile (``detail_weight_for``). ``min_foreground``:
     patches with less than this fraction of tissue are drawn again (``ProfilePairs``).
     ``keep_acquired`` (as in ``super_resolve``): the output copies the slices that lie on acquired
-    ones, so for thin slices with gaps only the new slices are trained on (all are scored that
-    way). Slab profiles train on all slices: on the slab-averaged CTA at x5 (3 min, two cores)
-    new slices only gave the same PSNR (31.37 vs 31.36 dB) with SNLI 2.52 against 2.45 (base 2.44). The learning rate warms up over
-    the first ``WARM_UP`` of the time and then follows a cosine to zero at its end
+    ones, so for thin slices with gaps only the new slices are trained on (the held-back pairs
+    score the new slices in every case). Slab profiles train on all slices: on the slab-averaged
+    CTA at x5 (3 min, two cores) new slices only gave the same PSNR (31.37 vs 31.36 dB) with SNLI
+    2.52 against 2.45 (base 2.44). The learning rate warms up over the first ``WARM_UP`` of the time and then follows a cosine to zero at its end
     (``learning_rate_factor``): the last states, which the checks pick from, are then settled.
     """
     import torch
