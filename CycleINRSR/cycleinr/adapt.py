@@ -32,7 +32,7 @@ from .errors import Cancelled, InputError
 from .geometry import choose_slice_axis
 from .metrics import guess_modality
 from .normalise import intensity_map
-from .pairs import Batch, TrainingVolume, _pad_to, draw_patch
+from .pairs import Batch, TrainingVolume, draw_patch, prepare_patch
 from .slice_profile import SliceProfile, degrade_with_profile, estimate_profile, profile_for
 
 # torch is imported where it is used: the CLI reads DEFAULT_MINUTES while building its parser
@@ -106,16 +106,7 @@ class ProfilePairs:
         lr_list, hr_list = [], []
         for _ in range(self.batch_size):
             volume, block, flips = draw_patch(rng, self.volumes, self.weights, extent, self.min_foreground)
-            block = _pad_to(volume.intensities.forward(block), extent)
-            if flips[0]:
-                block = block[:, ::-1]
-            if flips[1]:
-                block = block[:, :, ::-1]
-            if flips[2]:
-                block = block.transpose(0, 2, 1)
-            if flips[3]:
-                block = block[::-1]
-            block = np.ascontiguousarray(block)
+            block = prepare_patch(volume, block, extent, flips)
             lr_list.append(degrade_with_profile(block, self.scale, width, first=self.margin,
                                                 slices=self.lr_slices))
             hr_list.append(block[self.margin:self.margin + self.hr_slices])
@@ -189,8 +180,9 @@ def adapt_model(volume: np.ndarray, spacing: Sequence[float], scale: float, mode
     ones, so for thin slices with gaps only the new slices are trained on (the held-back pairs
     score the new slices in every case). Slab profiles train on all slices: on the slab-averaged
     CTA at x5 (3 min, two cores) new slices only gave the same PSNR (31.37 vs 31.36 dB) with SNLI
-    2.52 against 2.45 (base 2.44). The learning rate warms up over the first ``WARM_UP`` of the time and then follows a cosine to zero at its end
-    (``learning_rate_factor``): the last states, which the checks pick from, are then settled.
+    2.52 against 2.45 (base 2.44). The learning rate warms up over the first ``WARM_UP`` of the
+    time, then follows a cosine to zero at its end (``learning_rate_factor``): the last states,
+    which the checks pick from, are then settled.
     """
     import torch
 

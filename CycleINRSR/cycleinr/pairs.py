@@ -133,16 +133,8 @@ class PairSampler:
             volume, block, flips = draw_patch(rng, self.volumes, self.volume_weights, extent, self.min_foreground)
             if index // self.batch_size != part:
                 continue  # another process's patch: its random draws are consumed all the same
-            block = _pad_to(volume.intensities.forward(block), extent)
-            if flips[0]:
-                block = block[:, ::-1]
-            if flips[1]:
-                block = block[:, :, ::-1]
-            if flips[2]:
-                block = block.transpose(0, 2, 1)
-            if flips[3]:
-                block = block[::-1]  # along the slice axis too: anatomy has no preferred direction
-            lr_list.append(degrade(np.ascontiguousarray(block), scale, mode))
+            block = prepare_patch(volume, block, extent, flips)
+            lr_list.append(degrade(block, scale, mode))
             hr_list.append(np.ascontiguousarray(block[:hr_slices]))
         positions = np.arange(hr_slices) / scale
         return Batch(np.stack(lr_list)[:, None].astype(np.float32), np.stack(hr_list)[:, None].astype(np.float32),
@@ -166,6 +158,20 @@ def draw_patch(rng, volumes, weights, extent, min_foreground: float = 0.0):
         if not min_foreground or _foreground(volume, block) >= min_foreground:
             break
     return volume, block, flips
+
+
+def prepare_patch(volume: TrainingVolume, block: np.ndarray, extent, flips) -> np.ndarray:
+    """A drawn patch normalised, padded to ``extent`` and flipped/transposed as ``flips`` says."""
+    block = _pad_to(volume.intensities.forward(block), extent)
+    if flips[0]:
+        block = block[:, ::-1]
+    if flips[1]:
+        block = block[:, :, ::-1]
+    if flips[2]:
+        block = block.transpose(0, 2, 1)
+    if flips[3]:
+        block = block[::-1]  # along the slice axis too: anatomy has no preferred direction
+    return np.ascontiguousarray(block)
 
 
 def _foreground(volume: TrainingVolume, block: np.ndarray) -> float:
