@@ -200,6 +200,19 @@ def test_an_accepted_adaptation_is_a_changed_copy(thick_ct, tiny_model):
     assert "adapted model was used" in result.message()
 
 
+def test_a_frozen_encoder_stays_as_it_was_and_the_decoder_learns(thick_ct, tiny_model):
+    volume, spacing = thick_ct
+    before = {k: v.clone() for k, v in tiny_model.network.state_dict().items()}
+    result = adapt_model(volume, spacing, 2.5, tiny_model, minutes=5, max_steps=2, lr=1e-3, trainable="decoder",
+                         min_gain_db=-np.inf, slice_thickness=5.0, device="cpu", **FAST)
+    after = result.model.network.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in after if k.startswith("encoder."))
+    assert any(not torch.equal(before[k], after[k]) for k in after if k.startswith("decoder."))
+    assert all(p.requires_grad for p in result.model.network.parameters())  # trainable again for the caller
+    with pytest.raises(InputError, match="trainable must be one of all, decoder"):
+        adapt_model(volume, spacing, 2.5, tiny_model, minutes=5, max_steps=1, trainable="tail", device="cpu", **FAST)
+
+
 def test_the_slice_axis_check_scores_real_acquired_slices_and_sees_a_damaged_model():
     from cycleinr.api import pick_model
     from cycleinr.normalise import intensity_map

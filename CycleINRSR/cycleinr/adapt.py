@@ -161,7 +161,7 @@ def adapt_model(volume: np.ndarray, spacing: Sequence[float], scale: float, mode
                 lr: float = 3e-4, cycle_weight: float = 0.0, detail_weight: float | None = None,
                 batch_size: int = 4, lr_slices: int = 6, patch: int = 24, checks: int = 4,
                 validation_fraction: float = 0.2, validation_patches: int = 24, min_gain_db: float = 0.01,
-                min_foreground: float = 0.3, keep_acquired: bool = True,
+                min_foreground: float = 0.3, keep_acquired: bool = True, trainable: str = "all",
                 max_steps: int | None = None, seed: int = 0, device: str = "auto", clock: str = "wall",
                 progress: Callable[[float], None] | None = None, cancel=None,
                 log: Callable[[str], None] | None = None) -> Adaptation:
@@ -182,7 +182,8 @@ def adapt_model(volume: np.ndarray, spacing: Sequence[float], scale: float, mode
     CTA at x5 (3 min, two cores) new slices only gave the same PSNR (31.37 vs 31.36 dB) with SNLI
     2.52 against 2.45 (base 2.44). The learning rate warms up over the first ``WARM_UP`` of the
     time, then follows a cosine to zero at its end (``learning_rate_factor``): the last states,
-    which the checks pick from, are then settled.
+    which the checks pick from, are then settled. ``trainable``: "all" or "decoder" (the
+    encoder frozen; ``frozen_parameters``).
     """
     import torch
 
@@ -198,6 +199,8 @@ def adapt_model(volume: np.ndarray, spacing: Sequence[float], scale: float, mode
         raise InputError(f"adaptation time must be a positive number of minutes, got {minutes}")
     if scale <= 1:
         raise InputError(f"adaptation needs a scale > 1, got {scale}")
+    if trainable not in TRAINABLE:
+        raise InputError(f"trainable must be one of {', '.join(TRAINABLE)}, got {trainable!r}")
     if clock not in ("wall", "cpu"):
         raise InputError(f"clock must be 'wall' or 'cpu', got {clock!r}")
     now = time.monotonic if clock == "wall" else time.process_time
@@ -237,13 +240,16 @@ def adapt_model(volume: np.ndarray, spacing: Sequence[float], scale: float, mode
     target_slices = torch.from_numpy(keep).to(torch_device) if new_only else None
 
     network = use_channels_last(copy.deepcopy(base.network).to(torch_device))
+    frozen = frozen_parameters(network, trainable)
+    for parameter in frozen:
+        parameter.requires_grad_(False)
     base_psnr = validation_psnr(network, batches, torch_device, keep)
     best_psnr, best_state = -math.inf, None
     if log is not None:
         log(f"adapting {base.name} to this scan for {minutes:g} min at x{scale:g}, slice profile "
             f"{profile.describe()}; base model {base_psnr:.2f} dB on held-back pairs")
     torch.manual_seed(seed)
-    optimiser = torch.optim.Adam(network.parameters(), lr=lr)
+    optimiser = torch.optim.Adam([p for p in network.parameters() if p.requires_grad], lr=lr)
     use_amp = torch_device.type == "cuda"
     seconds = minutes * 60.0
     start, step, next_check = now(), 0, 1
@@ -270,6 +276,8 @@ def adapt_model(volume: np.ndarray, spacing: Sequence[float], scale: float, mode
         if progress is not None:
             progress(min(1.0, done))
     seconds_used = now() - start
+    for parameter in frozen:
+        parameter.requires_grad_(True)
     adapted = best_state is not None and best_psnr >= base_psnr + min_gain_db
     slice_check = (None, None)
     if adapted:
@@ -302,6 +310,17 @@ def adapt_model(volume: np.ndarray, spacing: Sequence[float], scale: float, mode
     if log is not None:
         log(result.message())
     return result
+
+
+TRAINABLE = ("all", "decoder")
+
+
+def frozen_parameters(network, trainable: str) -> list:
+    """The parameters adaptation leaves as they are: none ("all", the default) or the encoder
+    ("decoder": attention and decoder train). Freezing the encoder skips the convolutions'
+    backward pass, about twice the steps a minute, but the steps teach less: CTA x5 slab, true
+    thickness, 4.3 min of one core's CPU time: all +0.27 dB (488 steps), decoder +0.18 dB (987)."""
+    return list(network.encoder.parameters()) if trainable == "decoder" else []
 
 
 WARM_UP = 0.04  # share of the adaptation time over which the learning rate rises
