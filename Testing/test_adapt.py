@@ -269,6 +269,19 @@ def test_the_detail_term_is_off_for_slabs_and_on_for_gaps(thick_ct, tiny_model):
         assert result.model.info.provenance["adaptation"]["detail_weight"] == weight
 
 
+def test_slabs_adapt_at_a_higher_learning_rate_than_gaps(thick_ct, tiny_model):
+    from cycleinr.adapt import LEARNING_RATE_GAPS, LEARNING_RATE_SLABS, learning_rate_for
+
+    assert learning_rate_for(SliceProfile(5.0, 2.5)) == LEARNING_RATE_SLABS > LEARNING_RATE_GAPS
+    assert learning_rate_for(SliceProfile(1.0, 2.5)) == learning_rate_for(SliceProfile(None, 2.5)) == LEARNING_RATE_GAPS
+    volume, spacing = thick_ct
+    for thickness, rate in ((5.0, LEARNING_RATE_SLABS), (1.0, LEARNING_RATE_GAPS), (1.0, 2e-4)):
+        given = None if rate != 2e-4 else rate  # a rate that is given wins
+        result = adapt_model(volume, spacing, 2.5, tiny_model, minutes=5, max_steps=1, lr=given,
+                             min_gain_db=-np.inf, slice_thickness=thickness, device="cpu", **FAST)
+        assert result.model.info.provenance["adaptation"]["lr"] == rate
+
+
 def test_gaps_train_the_new_slices_only_and_slabs_all_slices(thick_ct, tiny_model, monkeypatch):
     import cycleinr.train as train_module
     seen = []
