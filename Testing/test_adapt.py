@@ -282,19 +282,6 @@ def test_slabs_adapt_at_a_higher_learning_rate_than_gaps(thick_ct, tiny_model):
         assert result.model.info.provenance["adaptation"]["lr"] == rate
 
 
-def test_slabs_adapt_on_smaller_patches_than_gaps(thick_ct, tiny_model):
-    from cycleinr.adapt import PATCH_GAPS, PATCH_SLABS, patch_for
-
-    assert patch_for(SliceProfile(5.0, 2.5)) == PATCH_SLABS < PATCH_GAPS == patch_for(SliceProfile(1.0, 2.5))
-    assert patch_for(SliceProfile(None, 2.5)) == PATCH_GAPS
-    volume, spacing = thick_ct
-    options = {k: v for k, v in FAST.items() if k != "patch"}
-    for thickness, size in ((5.0, PATCH_SLABS), (1.0, PATCH_GAPS)):
-        result = adapt_model(volume, spacing, 2.5, tiny_model, minutes=5, max_steps=1, min_gain_db=-np.inf,
-                             slice_thickness=thickness, device="cpu", **options)
-        assert result.model.info.provenance["adaptation"]["patch"] == size
-
-
 def test_gaps_train_the_new_slices_only_and_slabs_all_slices(thick_ct, tiny_model, monkeypatch):
     import cycleinr.train as train_module
     seen = []

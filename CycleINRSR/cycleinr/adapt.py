@@ -159,7 +159,7 @@ def adapt_model(volume: np.ndarray, spacing: Sequence[float], scale: float, mode
                 minutes: float = DEFAULT_MINUTES, slice_axis: int | None = None,
                 slice_thickness: float | None = None, thickness_source: str | None = None,
                 lr: float | None = None, cycle_weight: float = 0.0, detail_weight: float | None = None,
-                batch_size: int = 4, lr_slices: int = 6, patch: int | None = None, checks: int = 4,
+                batch_size: int = 4, lr_slices: int = 6, patch: int = 24, checks: int = 4,
                 validation_fraction: float = 0.2, validation_patches: int = 24, min_gain_db: float = 0.01,
                 min_foreground: float = 0.3, keep_acquired: bool = True, trainable: str = "all",
                 max_steps: int | None = None, seed: int = 0, device: str = "auto", clock: str = "wall",
@@ -174,8 +174,8 @@ def adapt_model(volume: np.ndarray, spacing: Sequence[float], scale: float, mode
     time used; ``cancel`` (callable or Event) raises ``Cancelled`` within one step. ``clock``
     "wall" (default) counts wall time; "cpu" counts this process's CPU time, so that a
     measurement on a busy shared machine gets the steps the same minutes give on an idle one.
-    ``detail_weight``, ``lr`` (Adam's peak rate) and ``patch`` (in-plane voxels) None: chosen
-    from the profile (``detail_weight_for``, ``learning_rate_for``, ``patch_for``). ``min_foreground``:
+    ``detail_weight`` and ``lr`` (Adam's peak rate) None: chosen from the profile
+    (``detail_weight_for``, ``learning_rate_for``). ``min_foreground``:
     patches with less than this fraction of tissue are drawn again (``ProfilePairs``).
     ``keep_acquired`` (as in ``super_resolve``): the output copies the slices that lie on acquired
     ones, so for thin slices with gaps only the new slices are trained on (the held-back pairs
@@ -221,8 +221,6 @@ def adapt_model(volume: np.ndarray, spacing: Sequence[float], scale: float, mode
         detail_weight = detail_weight_for(profile)
     if lr is None:
         lr = learning_rate_for(profile)
-    if patch is None:
-        patch = patch_for(profile)
     intensities = intensity_map(volume, base.info.normalisation)
     probe = ProfilePairs([TrainingVolume("probe", volume, tuple(spacing), in_plane, intensities)],
                          scale, widths, lr_slices, patch, batch_size, seed)
@@ -303,7 +301,7 @@ def adapt_model(volume: np.ndarray, spacing: Sequence[float], scale: float, mode
         info.provenance = {"adapted_from": {"name": base.info.name, "provenance": base.info.provenance},
                            "adaptation": {"steps": step, "seconds": round(seconds_used, 1), "scale": float(scale),
                                           "slice_thickness_mm": profile.thickness,  # None: unknown
-                                          "slice_spacing_mm": profile.spacing, "lr": lr, "patch": patch,
+                                          "slice_spacing_mm": profile.spacing, "lr": lr,
                                           "cycle_weight": cycle_weight, "detail_weight": detail_weight,
                                           "held_back_psnr_base": round(base_psnr, 4),
                                           "held_back_psnr_adapted": round(best_psnr, 4)}}
@@ -387,21 +385,6 @@ def learning_rate_for(profile: SliceProfile) -> float:
     too (colonography +0.50 against +0.36 dB) but their SNLI rises above the unadapted model's
     (4.58 against 4.49), so they keep 3e-4."""
     return LEARNING_RATE_SLABS if profile.slabs else LEARNING_RATE_GAPS
-
-
-PATCH_GAPS = 24
-PATCH_SLABS = 16
-
-
-def patch_for(profile: SliceProfile) -> int:
-    """In-plane patch size for pairs made with this profile. Smaller patches make about twice the
-    steps a minute; for slabs (L1 alone) that gains more (x5, true thickness, 4.3 min of one core,
-    peak rate 6e-4: CTA +0.37 against +0.30 dB, LIDC-0002 +0.28 against +0.26, SNLI +0.2 % and
-    -4.4 % against the unadapted model). For gaps the slice-detail term, read on 8x8 instead of
-    12x12 diagonal coefficients a slice, held the new slices' noise up less (24.6 against 26.6 HU
-    on the colonography crop, acquired slices 30.6): SNLI 4.4 % (colonography) and 5.1 %
-    (LIDC-0002) above the unadapted model's, so gaps keep 24."""
-    return PATCH_SLABS if profile.slabs else PATCH_GAPS
 
 
 SLICE_CHECK_SIZE = 160  # in-plane crop of the slice-axis check (voxels per side): seconds, not minutes
