@@ -184,11 +184,8 @@ def adapt_model(volume: np.ndarray, spacing: Sequence[float], scale: float, mode
     2.52 against 2.45 (base 2.44). The learning rate warms up over the first ``WARM_UP`` of the
     time, then follows a cosine to zero at its end (``learning_rate_factor``): the last states,
     which the checks pick from, are then settled. ``trainable``: "all" or "decoder" (the
-    encoder frozen; ``frozen_parameters``). ``patch`` 16 instead of 24 makes twice the steps; on
-    slabs (x5, thickness given, 3 min on two idle cores) it gained +0.38 / +0.27 / +0.49 dB
-    against +0.32 / +0.26 / +0.42 (CTA, LIDC-0002, colonography crop) but left SNLI 0.3 % and
-    0.1 % above the unadapted model's on the CTA and colonography crop (24: below on all three),
-    and for gaps the detail term on it let SNLI rise 4-5 %: 24 stays.
+    encoder frozen; ``frozen_parameters``). ``patch`` stays 24: 16 made twice the steps and more
+    PSNR but let SNLI rise above the unadapted model's (README, sixth measurement).
     """
     import torch
 

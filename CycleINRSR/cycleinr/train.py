@@ -125,11 +125,6 @@ def slice_detail(volume: torch.Tensor) -> torch.Tensor:
     return diagonal.abs().mean(dim=(-1, -2)).flatten(1)
 
 
-def detail_loss(generated: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """L1 distance between the slices' detail energies (``slice_detail``)."""
-    return F.l1_loss(slice_detail(generated), slice_detail(target))
-
-
 def cycle_loss_terms(network, lr: torch.Tensor, hr: torch.Tensor, positions: torch.Tensor,
                      scale: float, cycle_weight: float, detail_weight: float = 0.0,
                      target_slices: torch.Tensor | None = None):
@@ -153,7 +148,7 @@ def cycle_loss_terms(network, lr: torch.Tensor, hr: torch.Tensor, positions: tor
     zero = torch.zeros((), device=lr.device)
     total, cycle, detail = inr, zero, zero
     if detail_weight > 0:
-        detail = detail_loss(scored.float(), target.float())
+        detail = F.l1_loss(slice_detail(scored.float()), slice_detail(target.float()))
         total = total + detail_weight * detail
     if cycle_weight > 0:
         lr_positions = torch.arange(lr.shape[2], device=lr.device, dtype=torch.float32) * scale
